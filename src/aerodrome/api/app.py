@@ -1,0 +1,127 @@
+"""The FastAPI application: routers, request ids, body limits, and errors in one shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aerodrome import __version__
+from aerodrome.api.routes import apps, audit, auth, meta, orgs, tokens
+from aerodrome.config import Settings
+from aerodrome.errors import AeroError
+from aerodrome.ids import new_id
+from aerodrome.services import Services
+
+log = logging.getLogger("aerodrome.api")
+MAX_BODY = 1 << 20  # 1 MiB: the control plane takes small JSON documents only
+
+
+def _error(status: int, code: str, message: str, hint: str = "", **headers: str) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "hint": hint}}
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id on every request and response, and a hard cap on
+    body size that holds for chunked bodies too (Content-Length can lie or be absent)."""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_id("req")
+        scope.setdefault("state", {})["request_id"] = request_id
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            response = _error(413, "body_too_large",
+                              f"request body is larger than {self.max_body} bytes",
+                              "send a smaller document", **{"aero-request-id": request_id})
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise AeroError(f"request body is larger than {self.max_body} bytes",
+                                    code="body_too_large", status=413)
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"aero-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, limited_receive, send_with_id)
+
+
+def create_app(services: Services | None = None, settings: Settings | None = None) -> FastAPI:
+    if services is None:
+        services = Services.open(settings or Settings.from_env())
+    app = FastAPI(
+        title="aerodrome",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.add_middleware(RequestContext)
+    for module in (meta, auth, orgs, apps, tokens, audit):
+        app.include_router(module.router, prefix="/v1")
+
+    @app.exception_handler(AeroError)
+    async def aero_error(request: Request, exc: AeroError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.hint)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        message = "; ".join(problems[:5]) or "invalid request"
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            message = "request body is not valid JSON"
+        return _error(400, "invalid_request", message, "see /v1/openapi.json for the schema")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error(404, "not_found", f"no such route: {request.url.path}",
+                          "see /v1/openapi.json")
+        if exc.status_code == 405:
+            return _error(405, "method_not_allowed",
+                          f"{request.method} is not allowed on {request.url.path}",
+                          "see /v1/openapi.json", allow=exc.headers.get("allow", "") if exc.headers else "")
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "")
+        # The exception's text can hold anything (including input); log its type only.
+        log.error("unhandled %s in %s %s (request %s)", type(exc).__name__, request.method,
+                  request.url.path, request_id)
+        return _error(500, "internal_error", "internal error",
+                      f"report request id {request_id} to the platform operator")
+
+    return app
+
+
+def app_from_env() -> Any:
+    """uvicorn factory: `uvicorn --factory aerodrome.api.app:app_from_env`."""
+    return create_app()

@@ -1,0 +1,43 @@
+"""Verifying the audit log held in a store against its signed checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+
+from aerodrome.audit.chain import (
+    EVENT_FIELDS,
+    Checkpoint,
+    VerifyReport,
+    read_checkpoint_file,
+    verify,
+)
+from aerodrome.keyfiles import load_or_create_ed25519
+from aerodrome.store.db import Store
+from aerodrome.store.models import AuditCheckpoint, AuditEvent, StoreHead
+
+
+def audit_public_key(keys_dir: Path) -> Ed25519PublicKey:
+    """The checkpoint verification key: the public file if present, else derived from the
+    private key (which only the platform's own processes can read)."""
+    public_file = keys_dir / "audit-signing.pub"
+    if public_file.exists():
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_file.read_text().strip()))
+    return load_or_create_ed25519(keys_dir / "audit-signing.key", create=False).public_key()
+
+
+def verify_store(store: Store, public_key: Ed25519PublicKey, checkpoint_file: Path) -> VerifyReport:
+    """Walk every event in sequence order; checkpoints come from the database and from the
+    data directory's file (the file survives a rewrite of the database)."""
+    with store.read() as session:
+        head_seq = session.execute(select(StoreHead.audit_seq)).scalar_one_or_none()
+        checkpoints = [
+            Checkpoint(row.seq, row.hash, row.at, row.key_id, row.signature)
+            for row in session.execute(select(AuditCheckpoint)).scalars()
+        ]
+        checkpoints += read_checkpoint_file(checkpoint_file)
+        rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars()
+        events = ({name: getattr(row, name) for name in (*EVENT_FIELDS, "hash")} for row in rows)
+        return verify(events, checkpoints, public_key, head_seq=head_seq)

@@ -1,0 +1,1 @@
+"""`aero`: the command line. One module per resource, one output helper."""

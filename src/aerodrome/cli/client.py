@@ -1,0 +1,81 @@
+"""The API client the commands share: settings from `AERO_*`, errors as `AeroError`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import httpx
+
+from aerodrome.errors import AeroError
+
+DEFAULT_API_URL = "http://127.0.0.1:4280"
+
+
+class Client:
+    def __init__(self, token: str | None = None, url: str | None = None) -> None:
+        self.url = (url or os.environ.get("AERO_API_URL") or DEFAULT_API_URL).rstrip("/")
+        self.token = token or os.environ.get("AERO_API_TOKEN") or ""
+        bundle = os.environ.get("AERO_CA_BUNDLE")
+        self._http = httpx.Client(base_url=self.url, verify=bundle or True, timeout=30.0)
+
+    def __repr__(self) -> str:  # never show the token
+        return f"Client(url={self.url!r})"
+
+    def request(self, method: str, path: str, *, json: Any = None,
+                params: dict[str, Any] | None = None, auth: bool = True) -> Any:
+        headers = {"user-agent": "aero-cli"}
+        if auth:
+            if not self.token:
+                raise AeroError(
+                    "no API token",
+                    hint="set AERO_API_TOKEN (`set -a; . .aerodrome/aero.env` after `aero up`) "
+                    "or pass --token",
+                    code="unauthenticated",
+                )
+            headers["authorization"] = f"Bearer {self.token}"
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, json=json, params=clean, headers=headers)
+        except httpx.ConnectError as exc:
+            raise AeroError(
+                f"cannot reach the aerodrome API at {self.url}",
+                hint="is `aero up` running? check AERO_API_URL",
+                code="unreachable",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise AeroError(f"request to {self.url} failed: {type(exc).__name__}",
+                            code="unreachable") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise AeroError(f"API answered {response.status_code}", code="api_error") from None
+            raise AeroError(error.get("message", ""), hint=error.get("hint", ""),
+                            code=error.get("code", "api_error"), status=response.status_code)
+        return response.json()
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+
+def read_token_input(option: str | None) -> str:
+    """A token to work on offline: `--token`, `--token -` (stdin), `AERO_API_TOKEN`, or stdin
+    when it is piped."""
+    if option == "-" or (option is None and not os.environ.get("AERO_API_TOKEN")
+                         and not sys.stdin.isatty()):
+        value = sys.stdin.read().strip()
+    else:
+        value = option or os.environ.get("AERO_API_TOKEN", "")
+    if not value:
+        raise AeroError("no token given",
+                        hint="pass --token TOKEN, pipe it on stdin, or set AERO_API_TOKEN",
+                        code="malformed")
+    return value

@@ -1,0 +1,55 @@
+"""Apps: globally unique names, owned by one org, labelled production or test."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aerodrome.errors import Conflict, NotFound
+from aerodrome.ids import new_id
+from aerodrome.platform import tokens as token_records
+from aerodrome.platform.names import validate_app_name, validate_environment
+from aerodrome.store.db import Tx
+from aerodrome.store.models import App, Org, Token
+
+
+def get_app(session: Session, ref: str) -> App:
+    column = App.id if ref.startswith("app_") else App.name
+    app = session.execute(select(App).where(column == ref)).scalar_one_or_none()
+    if app is None:
+        raise NotFound(f"app {ref!r} not found", hint="list apps with `aero apps list`")
+    return app
+
+
+def list_apps(session: Session, org_id: str | None = None) -> list[App]:
+    query = select(App).order_by(App.name)
+    if org_id is not None:
+        query = query.where(App.org_id == org_id)
+    return list(session.execute(query).scalars())
+
+
+def create_app(tx: Tx, org: Org, name: str, environment: str, creator_id: str) -> App:
+    validate_app_name(name)
+    validate_environment(environment)
+    if tx.session.execute(select(App.id).where(App.name == name)).first():
+        raise Conflict(f"app name {name!r} is taken", hint="app names are global: choose another")
+    app = App(id=new_id("app"), name=name, org_id=org.id, environment=environment,
+              created_by=creator_id)
+    tx.session.add(app)
+    tx.session.flush()
+    tx.changed("app", app.id, "create")
+    tx.audit("app.create", app.id, org_id=org.id, detail={"name": name, "environment": environment})
+    return app
+
+
+def destroy_app(tx: Tx, app: App) -> list[str]:
+    """Delete the app and revoke every token scoped to it. Returns the revoked token ids."""
+    tokens = tx.session.execute(
+        select(Token).where(Token.app_id == app.id, Token.revoked_at.is_(None))
+    ).scalars()
+    revoked = [token_records.revoke_record(tx, token).id for token in tokens]
+    tx.session.delete(app)
+    tx.changed("app", app.id, "delete")
+    tx.audit("app.destroy", app.id, org_id=app.org_id,
+             detail={"name": app.name, "revoked_tokens": revoked})
+    return revoked

@@ -1,0 +1,54 @@
+"""The platform's long-lived objects, opened once per process from `Settings`."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from aerodrome.audit.chain import AuditSigner
+from aerodrome.config import Settings
+from aerodrome.keyfiles import load_or_create_ed25519
+from aerodrome.platform.tokens import revocations_since
+from aerodrome.store.db import Store
+from aerodrome.tokens.mint import RootKey
+from aerodrome.tokens.verify import Verifier
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    root: RootKey
+    verifier: Verifier
+    _revocation_revision: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def open(cls, settings: Settings, *, migrate: bool = True) -> Services:
+        settings.ensure_dirs()
+        root = RootKey.load(settings.root_key_file)
+        public_file = settings.keys_dir / "token-root.pub"
+        if not public_file.exists():
+            public_file.write_text(f"{root.key_id} {root.public}\n")
+        signer = AuditSigner(load_or_create_ed25519(settings.audit_key_file))
+        audit_public = settings.keys_dir / "audit-signing.pub"
+        if not audit_public.exists():
+            audit_public.write_text(signer.public_bytes().hex() + "\n")
+        store = Store(settings.database_url, signer=signer, checkpoint_file=settings.checkpoint_file)
+        if migrate:
+            store.migrate()
+        services = cls(settings, store, root, Verifier(root.public_keys()))
+        services.refresh_revocations()
+        return services
+
+    def refresh_revocations(self) -> None:
+        """Follow the revocations table: only rows newer than the last one seen are read."""
+        with self._lock:
+            with self.store.read() as session:
+                rows = revocations_since(session, self._revocation_revision)
+            if rows:
+                self.verifier.add_revoked(rid for rid, _ in rows)
+                self._revocation_revision = max(rev for _, rev in rows)
+
+    def close(self) -> None:
+        self.store.dispose()

@@ -1,0 +1,202 @@
+"""`aero up`: bootstrap a single-node platform and supervise its processes.
+
+The first run creates the keys, the database, an admin user and a session token; every run
+(re)writes `DATA/aero.env` once the API answers. Each component runs as a child process the
+supervisor restarts with backoff; Ctrl-C or SIGTERM stops them all. Later components (edge,
+agent) are more `Component`s in the same list.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+from aerodrome.config import Settings
+from aerodrome.errors import AeroError
+from aerodrome.keyfiles import write_private_text
+from aerodrome.platform import orgs as org_rules
+from aerodrome.platform import tokens as token_records
+from aerodrome.services import Services
+from aerodrome.store.models import User
+from aerodrome.tokens.mint import Scope
+from aerodrome.tokens.verify import VerifiedToken
+
+ENV_FILE = "aero.env"
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    def start(self, log_dir: Path) -> None:
+        log = (log_dir / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            self.argv, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def bootstrap(services: Services, admin_email: str, api_url: str) -> tuple[str, bool]:
+    """Ensure a platform admin and a usable session token for it; write aero.env.
+
+    Returns (admin email, whether a new token was minted). An existing aero.env whose token
+    still verifies is kept, so a second run does not invalidate a configured shell."""
+    env_file = services.settings.data_dir / ENV_FILE
+    current = _read_env(env_file).get("AERO_API_TOKEN")
+    if current:
+        verified = services.verifier.verify(current)
+        if isinstance(verified, VerifiedToken) and verified.kind == "session":
+            with services.store.read() as session:
+                user = session.get(User, verified.user_id)
+            if user is not None and user.is_platform_admin:
+                _write_env(env_file, services, api_url, current)
+                return user.email, False
+    with services.store.write() as tx:
+        admin = tx.session.execute(
+            select(User).where(User.is_platform_admin.is_(True)).order_by(User.created_at)
+        ).scalars().first()
+        if admin is None:
+            admin = org_rules.get_or_create_user(tx, admin_email, name="admin", platform_admin=True)
+        minted, _ = token_records.create_token(
+            tx, services.root, Scope("session", user_id=admin.id), created_by=admin.id,
+            name="aero up bootstrap session",
+        )
+        email = admin.email
+    _write_env(env_file, services, api_url, minted.token)
+    return email, True
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def _write_env(path: Path, services: Services, api_url: str, token: str) -> None:
+    lines = [
+        "# written by `aero up`: configure a shell with  set -a; . ./aero.env; set +a",
+        f"AERO_API_URL={api_url}",
+        f"AERO_API_TOKEN={token}",
+        f"AERO_TOKEN_PUBLIC_KEY={services.root.public}",
+    ]
+    ca = os.environ.get("AERO_CA_BUNDLE")
+    if ca:
+        lines.append(f"AERO_CA_BUNDLE={ca}")
+    write_private_text(path, "\n".join(lines) + "\n")
+
+
+class Supervisor:
+    """Starts components, restarts crashed ones with exponential backoff, stops all on exit."""
+
+    def __init__(self, components: list[Component], log_dir: Path,
+                 say: Callable[[str], None] = print) -> None:
+        self.components = components
+        self.log_dir = log_dir
+        self.say = say
+        self._stopping = False
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def start_all(self, timeout: float = 30.0) -> None:
+        for component in self.components:
+            component.start(self.log_dir)
+            if component.ready_url:
+                self._wait_ready(component, timeout)
+
+    def _wait_ready(self, component: Component, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert component.process is not None
+            if component.process.poll() is not None:
+                raise AeroError(
+                    f"{component.name} exited at start (status {component.process.returncode})",
+                    hint=f"see {self.log_dir / (component.name + '.log')}",
+                    code="start_failed",
+                )
+            try:
+                if httpx.get(component.ready_url or "", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AeroError(f"{component.name} did not become ready in {timeout:.0f}s",
+                        hint=f"see {self.log_dir / (component.name + '.log')}", code="start_failed")
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        backoff: dict[str, float] = {}
+        try:
+            while not self._stopping:
+                for component in self.components:
+                    proc = component.process
+                    if proc is None or proc.poll() is None:
+                        continue
+                    delay = backoff.get(component.name, 0.5)
+                    if time.monotonic() - component.started_at > 60:
+                        delay = 0.5  # it ran a good while: start over
+                    self.say(f"{component.name} exited with status {proc.returncode}; "
+                             f"restarting in {delay:.1f}s")
+                    time.sleep(delay)
+                    backoff[component.name] = min(delay * 2, 30.0)
+                    component.restarts += 1
+                    component.start(self.log_dir)
+                time.sleep(0.2)
+        finally:
+            self.stop_all()
+
+    def stop_all(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+
+
+def api_component(settings: Settings, host: str, port: int) -> Component:
+    return Component(
+        name="api",
+        argv=[sys.executable, "-m", "aerodrome.api.serve", "--host", host, "--port", str(port)],
+        ready_url=f"http://{host}:{port}/v1/health",
+        env={"AERO_DATA_DIR": str(settings.data_dir), "AERO_DATABASE_URL": settings.database_url},
+    )
