@@ -36,7 +36,9 @@ def load_or_create_ed25519(path: Path, create: bool = True) -> Ed25519PrivateKey
     """The raw 32-byte Ed25519 seed at `path`, created on first use."""
     if not path.exists():
         if not create:
-            raise AeroError(f"key file {path} does not exist", hint="run `aero up` once to create it")
+            raise AeroError(
+                f"key file {path} does not exist", hint="run `aero up` once to create it"
+            )
         seed = Ed25519PrivateKey.generate().private_bytes(
             Encoding.Raw, PrivateFormat.Raw, NoEncryption()
         )

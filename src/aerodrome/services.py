@@ -34,7 +34,9 @@ class Services:
         audit_public = settings.keys_dir / "audit-signing.pub"
         if not audit_public.exists():
             audit_public.write_text(signer.public_bytes().hex() + "\n")
-        store = Store(settings.database_url, signer=signer, checkpoint_file=settings.checkpoint_file)
+        store = Store(
+            settings.database_url, signer=signer, checkpoint_file=settings.checkpoint_file
+        )
         if migrate:
             store.migrate()
         services = cls(settings, store, root, Verifier(root.public_keys()))

@@ -46,8 +46,11 @@ class Component:
 
     def start(self, log_dir: Path) -> None:
         log = (log_dir / f"{self.name}.log").open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            self.argv, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(
+            self.argv,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.started_at = time.monotonic()
@@ -73,11 +76,18 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def bootstrap(services: Services, admin_email: str, api_url: str) -> tuple[str, bool]:
-    """Ensure a platform admin and a usable session token for it; write aero.env.
+@dataclass
+class Bootstrap:
+    admin_email: str
+    token: str = field(repr=False)
+    new_token: bool
 
-    Returns (admin email, whether a new token was minted). An existing aero.env whose token
-    still verifies is kept, so a second run does not invalidate a configured shell."""
+
+def bootstrap(services: Services, admin_email: str) -> Bootstrap:
+    """Ensure a platform admin and a usable session token for it.
+
+    An existing aero.env whose token still verifies is kept, so a second run does not
+    invalidate a configured shell."""
     env_file = services.settings.data_dir / ENV_FILE
     current = _read_env(env_file).get("AERO_API_TOKEN")
     if current:
@@ -86,21 +96,26 @@ def bootstrap(services: Services, admin_email: str, api_url: str) -> tuple[str, 
             with services.store.read() as session:
                 user = session.get(User, verified.user_id)
             if user is not None and user.is_platform_admin:
-                _write_env(env_file, services, api_url, current)
-                return user.email, False
+                return Bootstrap(user.email, current, new_token=False)
     with services.store.write() as tx:
-        admin = tx.session.execute(
-            select(User).where(User.is_platform_admin.is_(True)).order_by(User.created_at)
-        ).scalars().first()
+        admin = (
+            tx.session.execute(
+                select(User).where(User.is_platform_admin.is_(True)).order_by(User.created_at)
+            )
+            .scalars()
+            .first()
+        )
         if admin is None:
             admin = org_rules.get_or_create_user(tx, admin_email, name="admin", platform_admin=True)
         minted, _ = token_records.create_token(
-            tx, services.root, Scope("session", user_id=admin.id), created_by=admin.id,
+            tx,
+            services.root,
+            Scope("session", user_id=admin.id),
+            created_by=admin.id,
             name="aero up bootstrap session",
         )
         email = admin.email
-    _write_env(env_file, services, api_url, minted.token)
-    return email, True
+    return Bootstrap(email, minted.token, new_token=True)
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -114,12 +129,14 @@ def _read_env(path: Path) -> dict[str, str]:
     return out
 
 
-def _write_env(path: Path, services: Services, api_url: str, token: str) -> None:
+def write_env_file(path: Path, api_url: str, token: str, public_key: str) -> None:
+    """The client settings, mode 0600; written only once the platform answers, so its
+    presence means "ready"."""
     lines = [
         "# written by `aero up`: configure a shell with  set -a; . ./aero.env; set +a",
         f"AERO_API_URL={api_url}",
         f"AERO_API_TOKEN={token}",
-        f"AERO_TOKEN_PUBLIC_KEY={services.root.public}",
+        f"AERO_TOKEN_PUBLIC_KEY={public_key}",
     ]
     ca = os.environ.get("AERO_CA_BUNDLE")
     if ca:
@@ -130,8 +147,9 @@ def _write_env(path: Path, services: Services, api_url: str, token: str) -> None
 class Supervisor:
     """Starts components, restarts crashed ones with exponential backoff, stops all on exit."""
 
-    def __init__(self, components: list[Component], log_dir: Path,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, components: list[Component], log_dir: Path, say: Callable[[str], None] = print
+    ) -> None:
         self.components = components
         self.log_dir = log_dir
         self.say = say
@@ -140,20 +158,32 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
 
+    def handle_signals(self) -> None:
+        """From here on, Ctrl-C and SIGTERM mean an orderly stop, even during start-up."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def start_all(self, timeout: float = 30.0) -> None:
         for component in self.components:
+            if self._stopping:
+                return
             component.start(self.log_dir)
             if component.ready_url:
                 self._wait_ready(component, timeout)
 
     def _wait_ready(self, component: Component, timeout: float) -> None:
+        log = self.log_dir / f"{component.name}.log"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stopping:
             assert component.process is not None
             if component.process.poll() is not None:
                 raise AeroError(
                     f"{component.name} exited at start (status {component.process.returncode})",
-                    hint=f"see {self.log_dir / (component.name + '.log')}",
+                    hint=f"see {log}",
                     code="start_failed",
                 )
             try:
@@ -162,12 +192,15 @@ class Supervisor:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise AeroError(f"{component.name} did not become ready in {timeout:.0f}s",
-                        hint=f"see {self.log_dir / (component.name + '.log')}", code="start_failed")
+        if not self._stopping:
+            raise AeroError(
+                f"{component.name} did not become ready in {timeout:.0f}s",
+                hint=f"see {log}",
+                code="start_failed",
+            )
 
     def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        """Watch the components until a stop is asked for; restart any that exit."""
         backoff: dict[str, float] = {}
         try:
             while not self._stopping:
@@ -178,8 +211,10 @@ class Supervisor:
                     delay = backoff.get(component.name, 0.5)
                     if time.monotonic() - component.started_at > 60:
                         delay = 0.5  # it ran a good while: start over
-                    self.say(f"{component.name} exited with status {proc.returncode}; "
-                             f"restarting in {delay:.1f}s")
+                    self.say(
+                        f"{component.name} exited with status {proc.returncode}; "
+                        f"restarting in {delay:.1f}s"
+                    )
                     time.sleep(delay)
                     backoff[component.name] = min(delay * 2, 30.0)
                     component.restarts += 1

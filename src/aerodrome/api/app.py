@@ -43,9 +43,13 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            response = _error(413, "body_too_large",
-                              f"request body is larger than {self.max_body} bytes",
-                              "send a smaller document", **{"aero-request-id": request_id})
+            response = _error(
+                413,
+                "body_too_large",
+                f"request body is larger than {self.max_body} bytes",
+                "send a smaller document",
+                **{"aero-request-id": request_id},
+            )
             await response(scope, receive, send)
             return
         seen = 0
@@ -56,14 +60,20 @@ class RequestContext:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise AeroError(f"request body is larger than {self.max_body} bytes",
-                                    code="body_too_large", status=413)
+                    raise AeroError(
+                        f"request body is larger than {self.max_body} bytes",
+                        code="body_too_large",
+                        status=413,
+                    )
             return message
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"aero-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"aero-request-id", request_id.encode()),
+                ]
             await send(message)
 
         await self.app(scope, limited_receive, send_with_id)
@@ -102,22 +112,36 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return _error(404, "not_found", f"no such route: {request.url.path}",
-                          "see /v1/openapi.json")
+            return _error(
+                404, "not_found", f"no such route: {request.url.path}", "see /v1/openapi.json"
+            )
         if exc.status_code == 405:
-            return _error(405, "method_not_allowed",
-                          f"{request.method} is not allowed on {request.url.path}",
-                          "see /v1/openapi.json", allow=exc.headers.get("allow", "") if exc.headers else "")
+            return _error(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path}",
+                "see /v1/openapi.json",
+                allow=exc.headers.get("allow", "") if exc.headers else "",
+            )
         return _error(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         request_id = getattr(request.state, "request_id", "")
         # The exception's text can hold anything (including input); log its type only.
-        log.error("unhandled %s in %s %s (request %s)", type(exc).__name__, request.method,
-                  request.url.path, request_id)
-        return _error(500, "internal_error", "internal error",
-                      f"report request id {request_id} to the platform operator")
+        log.error(
+            "unhandled %s in %s %s (request %s)",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            request_id,
+        )
+        return _error(
+            500,
+            "internal_error",
+            "internal error",
+            f"report request id {request_id} to the platform operator",
+        )
 
     return app
 

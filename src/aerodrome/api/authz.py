@@ -34,8 +34,9 @@ PUBLIC = "public"  # marker for routes that need no token (health, public key, O
 
 class Denied(AeroError):
     def __init__(self, decision: Decision) -> None:
-        super().__init__(decision.message, hint=decision.hint, code=decision.reason,
-                         status=decision.status)
+        super().__init__(
+            decision.message, hint=decision.hint, code=decision.reason, status=decision.status
+        )
 
 
 @dataclass
@@ -64,7 +65,9 @@ class Caller:
     def audit_context(self) -> Audit:
         return Audit(actor=self.actor, request_id=self.request_id, client_ip=self.client_ip)
 
-    def can(self, session: Session, action: str, org: Org | None = None, app: App | None = None) -> bool:
+    def can(
+        self, session: Session, action: str, org: Org | None = None, app: App | None = None
+    ) -> bool:
         """For listings: keep only what the caller may see. Same decision, no audit event."""
         return decide(self.services, session, self.token, self.user, action, org, app).allowed
 
@@ -206,9 +209,18 @@ class Requires:
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
         if not header or scheme.lower() != "bearer" or not credential.strip():
-            self._deny(services, request_id, client_ip, "anonymous", Decision(
-                False, "unauthenticated", "no API token given",
-                "set AERO_API_TOKEN (see `aero up` output) or pass --token"))
+            self._deny(
+                services,
+                request_id,
+                client_ip,
+                "anonymous",
+                Decision(
+                    False,
+                    "unauthenticated",
+                    "no API token given",
+                    "set AERO_API_TOKEN (see `aero up` output) or pass --token",
+                ),
+            )
         services.refresh_revocations()
         verified = services.verifier.verify(credential.strip())
         if isinstance(verified, Decision):
@@ -219,17 +231,31 @@ class Requires:
             if verified.kind == "session":
                 user = org_rules.get_user(session, verified.user_id or "")
                 if user is None:
-                    self._deny(services, request_id, client_ip, verified.token_id, Decision(
-                        False, "revoked", "the user of this token no longer exists"))
+                    self._deny(
+                        services,
+                        request_id,
+                        client_ip,
+                        verified.token_id,
+                        Decision(False, "revoked", "the user of this token no longer exists"),
+                    )
             caller = Caller(services, verified, user, request_id, client_ip)
             caller.target = self.resource.load(session, request, body, caller)
             if self.action is None:
                 return caller
-            decision = decide(services, session, verified, user, self.action,
-                              caller.target.org, caller.target.app, caller.target.revocation_id)
+            decision = decide(
+                services,
+                session,
+                verified,
+                user,
+                self.action,
+                caller.target.org,
+                caller.target.app,
+                caller.target.revocation_id,
+            )
         if not decision.allowed:
-            self._deny(services, request_id, client_ip, caller.actor, decision, caller.target,
-                       self.action)
+            self._deny(
+                services, request_id, client_ip, caller.actor, decision, caller.target, self.action
+            )
         return caller
 
     @staticmethod
@@ -243,7 +269,7 @@ class Requires:
         action: str | None = None,
     ) -> None:
         target = target or Target()
-        name = (target.app.id if target.app else target.org.id if target.org else "-")
+        name = target.app.id if target.app else target.org.id if target.org else "-"
         with services.store.write(Audit(actor, request_id, client_ip)) as tx:
             tx.audit(
                 action or "authenticate",
@@ -283,8 +309,11 @@ class AuthorizedRoute(APIRoute):
             return handler
 
         async def refuse(request: Request) -> Response:
-            error = AeroError("this route declares no permission, so it is refused",
-                              code="action_not_allowed", status=403)
+            error = AeroError(
+                "this route declares no permission, so it is refused",
+                code="action_not_allowed",
+                status=403,
+            )
             return JSONResponse(error.to_dict(), status_code=403)
 
         return refuse

@@ -170,10 +170,17 @@ def verify(
             continue
         if seq in hashes:
             if hashes[seq] != cp.hash:
-                first = max((s for s in seen if s < seq and hashes.get(s) == seen[s].hash), default=0)
+                first = max(
+                    (s for s in seen if s < seq and hashes.get(s) == seen[s].hash), default=0
+                )
                 report.fail(first + 1, f"checkpoint {seq}: chain was rewritten after event {first}")
         elif not broken and seq > last_seq:
-            report.fail(last_seq + 1, f"log ends at event {last_seq} but checkpoint {seq} exists: tail cut")
+            report.fail(
+                last_seq + 1, f"log ends at event {last_seq} but checkpoint {seq} exists: tail cut"
+            )
     if head_seq is not None and not broken and head_seq > last_seq:
-        report.fail(last_seq + 1, f"log ends at event {last_seq} but the store head says {head_seq}: tail cut")
+        report.fail(
+            last_seq + 1,
+            f"log ends at event {last_seq} but the store head says {head_seq}: tail cut",
+        )
     return report

@@ -13,8 +13,13 @@ from aerodrome.errors import AeroError
 
 app = typer.Typer(help="Create and manage apps.", no_args_is_help=True)
 
-COLUMNS = [("name", "NAME"), ("org", "ORG"), ("environment", "ENVIRONMENT"), ("id", "ID"),
-           ("created_at", "CREATED")]
+COLUMNS = [
+    ("name", "NAME"),
+    ("org", "ORG"),
+    ("environment", "ENVIRONMENT"),
+    ("id", "ID"),
+    ("created_at", "CREATED"),
+]
 
 
 @app.command()
@@ -29,8 +34,10 @@ def create(
     if json_mode:
         record(created, json_mode=True)
     else:
-        console.print(f"Created app [bold]{created['name']}[/bold] in {created['org']} "
-                      f"({created['environment']}, {created['id']})")
+        console.print(
+            f"Created app [bold]{created['name']}[/bold] in {created['org']} "
+            f"({created['environment']}, {created['id']})"
+        )
 
 
 @app.command("list")
@@ -44,7 +51,9 @@ def list_(
 
 
 @app.command()
-def show(name: Annotated[str, typer.Argument(help="App name or id.")], json_mode: JsonFlag = False) -> None:
+def show(
+    name: Annotated[str, typer.Argument(help="App name or id.")], json_mode: JsonFlag = False
+) -> None:
     """Show one app."""
     record(client().get(f"/v1/apps/{name}"), json_mode=json_mode)
 
@@ -58,11 +67,16 @@ def destroy(
     """Destroy an app and revoke every token scoped to it."""
     if not yes:
         if not sys.stdin.isatty():
-            raise AeroError(f"destroying {name} needs confirmation",
-                            hint="pass --yes to confirm without a prompt", code="confirm")
+            raise AeroError(
+                f"destroying {name} needs confirmation",
+                hint="pass --yes to confirm without a prompt",
+                code="confirm",
+            )
         typer.confirm(f"Destroy app {name} and revoke its tokens?", abort=True)
     result = client().delete(f"/v1/apps/{name}")
     if json_mode:
         record(result, json_mode=True)
     else:
-        console.print(f"Destroyed {result['destroyed']}; revoked {len(result['revoked_tokens'])} token(s)")
+        console.print(
+            f"Destroyed {result['destroyed']}; revoked {len(result['revoked_tokens'])} token(s)"
+        )

@@ -23,8 +23,15 @@ class Client:
     def __repr__(self) -> str:  # never show the token
         return f"Client(url={self.url!r})"
 
-    def request(self, method: str, path: str, *, json: Any = None,
-                params: dict[str, Any] | None = None, auth: bool = True) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        auth: bool = True,
+    ) -> Any:
         headers = {"user-agent": "aero-cli"}
         if auth:
             if not self.token:
@@ -45,15 +52,20 @@ class Client:
                 code="unreachable",
             ) from exc
         except httpx.HTTPError as exc:
-            raise AeroError(f"request to {self.url} failed: {type(exc).__name__}",
-                            code="unreachable") from exc
+            raise AeroError(
+                f"request to {self.url} failed: {type(exc).__name__}", code="unreachable"
+            ) from exc
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 raise AeroError(f"API answered {response.status_code}", code="api_error") from None
-            raise AeroError(error.get("message", ""), hint=error.get("hint", ""),
-                            code=error.get("code", "api_error"), status=response.status_code)
+            raise AeroError(
+                error.get("message", ""),
+                hint=error.get("hint", ""),
+                code=error.get("code", "api_error"),
+                status=response.status_code,
+            )
         return response.json()
 
     def get(self, path: str, **kw: Any) -> Any:
@@ -69,13 +81,16 @@ class Client:
 def read_token_input(option: str | None) -> str:
     """A token to work on offline: `--token`, `--token -` (stdin), `AERO_API_TOKEN`, or stdin
     when it is piped."""
-    if option == "-" or (option is None and not os.environ.get("AERO_API_TOKEN")
-                         and not sys.stdin.isatty()):
+    if option == "-" or (
+        option is None and not os.environ.get("AERO_API_TOKEN") and not sys.stdin.isatty()
+    ):
         value = sys.stdin.read().strip()
     else:
         value = option or os.environ.get("AERO_API_TOKEN", "")
     if not value:
-        raise AeroError("no token given",
-                        hint="pass --token TOKEN, pipe it on stdin, or set AERO_API_TOKEN",
-                        code="malformed")
+        raise AeroError(
+            "no token given",
+            hint="pass --token TOKEN, pipe it on stdin, or set AERO_API_TOKEN",
+            code="malformed",
+        )
     return value

@@ -36,11 +36,20 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    access_token: Annotated[str | None, typer.Option(
-        "--access-token", "-t", envvar="AERO_API_TOKEN", show_envvar=True,
-        help="API token (default: AERO_API_TOKEN).", show_default=False)] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version.")] = False,
+    access_token: Annotated[
+        str | None,
+        typer.Option(
+            "--access-token",
+            "-t",
+            envvar="AERO_API_TOKEN",
+            show_envvar=True,
+            help="API token (default: AERO_API_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     state.access_token = access_token
 

@@ -34,12 +34,18 @@ def create(
 def list_(json_mode: JsonFlag = False) -> None:
     """List the orgs you belong to."""
     rows = client().get("/v1/orgs")
-    table(rows, [("slug", "SLUG"), ("name", "NAME"), ("id", "ID"), ("created_at", "CREATED")],
-          json_mode=json_mode, empty="no orgs yet: create one with `aero orgs create SLUG`")
+    table(
+        rows,
+        [("slug", "SLUG"), ("name", "NAME"), ("id", "ID"), ("created_at", "CREATED")],
+        json_mode=json_mode,
+        empty="no orgs yet: create one with `aero orgs create SLUG`",
+    )
 
 
 @app.command()
-def show(org: Annotated[str, typer.Argument(help="Org slug or id.")], json_mode: JsonFlag = False) -> None:
+def show(
+    org: Annotated[str, typer.Argument(help="Org slug or id.")], json_mode: JsonFlag = False
+) -> None:
     """Show one org."""
     record(client().get(f"/v1/orgs/{org}"), json_mode=json_mode)
 
@@ -48,8 +54,11 @@ def show(org: Annotated[str, typer.Argument(help="Org slug or id.")], json_mode:
 def members_list(org: OrgOpt, json_mode: JsonFlag = False) -> None:
     """List an org's members and their roles."""
     rows = client().get(f"/v1/orgs/{org}/members")
-    table(rows, [("email", "EMAIL"), ("role", "ROLE"), ("user_id", "USER"), ("added_at", "ADDED")],
-          json_mode=json_mode)
+    table(
+        rows,
+        [("email", "EMAIL"), ("role", "ROLE"), ("user_id", "USER"), ("added_at", "ADDED")],
+        json_mode=json_mode,
+    )
 
 
 @members.command("add")

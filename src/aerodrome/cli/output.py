@@ -23,10 +23,16 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *, json_mode: bool,
-          empty: str = "nothing to show") -> None:
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    json_mode: bool,
+    empty: str = "nothing to show",
+) -> None:
     """`columns` is (key, header) pairs; JSON mode prints the full rows."""
     if json_mode:
         emit_json(list(rows))
@@ -50,7 +56,9 @@ def record(data: dict[str, Any], *, json_mode: bool, title: str | None = None) -
         console.print(f"[bold]{title}[/bold]")
     width = max((len(k) for k in data), default=0)
     for key, value in data.items():
-        console.print(f"  {key.replace('_', ' ').upper():<{width}}  {_cell(value)}", highlight=False)
+        console.print(
+            f"  {key.replace('_', ' ').upper():<{width}}  {_cell(value)}", highlight=False
+        )
 
 
 def _cell(value: Any) -> str:
@@ -67,8 +75,11 @@ def fail(error: AeroError, *, json_mode: bool = False) -> NoReturn:
     if json_mode:
         emit_json(error.to_dict())
     else:
-        err_console.print(f"[red]error ({error.code}):[/red] {escape(error.message)}",
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error ({error.code}):[/red] {escape(error.message)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         if error.hint:
             err_console.print(f"  hint: {escape(error.hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)

@@ -33,8 +33,9 @@ def create_app(tx: Tx, org: Org, name: str, environment: str, creator_id: str) -
     validate_environment(environment)
     if tx.session.execute(select(App.id).where(App.name == name)).first():
         raise Conflict(f"app name {name!r} is taken", hint="app names are global: choose another")
-    app = App(id=new_id("app"), name=name, org_id=org.id, environment=environment,
-              created_by=creator_id)
+    app = App(
+        id=new_id("app"), name=name, org_id=org.id, environment=environment, created_by=creator_id
+    )
     tx.session.add(app)
     tx.session.flush()
     tx.changed("app", app.id, "create")
@@ -50,6 +51,10 @@ def destroy_app(tx: Tx, app: App) -> list[str]:
     revoked = [token_records.revoke_record(tx, token).id for token in tokens]
     tx.session.delete(app)
     tx.changed("app", app.id, "delete")
-    tx.audit("app.destroy", app.id, org_id=app.org_id,
-             detail={"name": app.name, "revoked_tokens": revoked})
+    tx.audit(
+        "app.destroy",
+        app.id,
+        org_id=app.org_id,
+        detail={"name": app.name, "revoked_tokens": revoked},
+    )
     return revoked

@@ -61,16 +61,20 @@ def role_of(session: Session, user_id: str, org_id: str) -> str | None:
 def orgs_of_user(session: Session, user_id: str) -> list[Org]:
     return list(
         session.execute(
-            select(Org).join(Membership, Membership.org_id == Org.id)
-            .where(Membership.user_id == user_id).order_by(Org.slug)
+            select(Org)
+            .join(Membership, Membership.org_id == Org.id)
+            .where(Membership.user_id == user_id)
+            .order_by(Org.slug)
         ).scalars()
     )
 
 
 def list_members(session: Session, org: Org) -> list[tuple[User, Membership]]:
     rows = session.execute(
-        select(User, Membership).join(Membership, Membership.user_id == User.id)
-        .where(Membership.org_id == org.id).order_by(User.email)
+        select(User, Membership)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.org_id == org.id)
+        .order_by(User.email)
     )
     return [(user, membership) for user, membership in rows]
 
@@ -97,7 +101,8 @@ def add_member(tx: Tx, org: Org, email: str, role: str) -> tuple[User, Membershi
 def remove_member(tx: Tx, org: Org, email: str) -> User:
     email = validate_email(email)
     row = tx.session.execute(
-        select(User, Membership).join(Membership, Membership.user_id == User.id)
+        select(User, Membership)
+        .join(Membership, Membership.user_id == User.id)
         .where(Membership.org_id == org.id, User.email == email)
     ).first()
     if row is None:
@@ -105,7 +110,8 @@ def remove_member(tx: Tx, org: Org, email: str) -> User:
     user, membership = row
     if membership.role == "admin":
         admins = tx.session.execute(
-            select(func.count()).select_from(Membership)
+            select(func.count())
+            .select_from(Membership)
             .where(Membership.org_id == org.id, Membership.role == "admin")
         ).scalar_one()
         if admins <= 1:

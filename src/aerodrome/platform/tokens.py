@@ -53,8 +53,12 @@ def create_token(
         "token.create",
         token_id,
         org_id=scope.org_id or "",
-        detail={"kind": scope.kind, "name": name, "app_id": scope.app_id,
-                "expires_at": minted.expires_at.isoformat()},
+        detail={
+            "kind": scope.kind,
+            "name": name,
+            "app_id": scope.app_id,
+            "expires_at": minted.expires_at.isoformat(),
+        },
     )
     return minted, row
 

@@ -83,7 +83,9 @@ class Tx:
 
     def changed(self, entity: str, entity_id: str, op: str) -> int:
         self.head.revision += 1
-        self.session.add(Change(revision=self.head.revision, entity=entity, entity_id=entity_id, op=op))
+        self.session.add(
+            Change(revision=self.head.revision, entity=entity, entity_id=entity_id, op=op)
+        )
         return self.head.revision
 
     def audit(

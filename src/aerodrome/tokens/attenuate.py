@@ -60,16 +60,22 @@ def attenuate(
         names = set(apps) - ids
         if ids and names:
             raise InvalidInput("give apps all by id or all by name, not mixed")
-        lines.append("check if app($x), {apps}.contains($x);" if ids else
-                     "check if app_name($x), {apps}.contains($x);")
+        lines.append(
+            "check if app($x), {apps}.contains($x);"
+            if ids
+            else "check if app_name($x), {apps}.contains($x);"
+        )
         params["apps"] = ids or names
     if orgs:
         ids = {o for o in orgs if has_prefix(o, "org")}
         names = set(orgs) - ids
         if ids and names:
             raise InvalidInput("give orgs all by id or all by slug, not mixed")
-        lines.append("check if org($x), {orgs}.contains($x);" if ids else
-                     "check if org_slug($x), {orgs}.contains($x);")
+        lines.append(
+            "check if org($x), {orgs}.contains($x);"
+            if ids
+            else "check if org_slug($x), {orgs}.contains($x);"
+        )
         params["orgs"] = ids or names
     if actions:
         unknown = sorted(set(actions) - ALL_ACTIONS)
@@ -90,7 +96,7 @@ def attenuate(
         )
     parent = _parse_verified(token, public_key)
     child = parent.append(BlockBuilder("\n".join(lines), params))
-    return wire.encode(child.to_bytes())
+    return wire.encode(bytes(child.to_bytes()))
 
 
 def _parse_verified(token: str, public_key: PublicKey) -> Biscuit:
@@ -162,7 +168,9 @@ def parse_block(source: str) -> tuple[dict[str, object], dict[str, str], datetim
             values = sorted(v.strip().strip('"') for v in m.group(3).split(",") if v.strip())
             restrictions["actions" if m.group(1) == "action" else m.group(1)] = values
         else:
-            restrictions.setdefault("other", []).append(line)  # type: ignore[union-attr]
+            other = restrictions.setdefault("other", [])
+            assert isinstance(other, list)
+            other.append(line)
             if "time(" in line:
                 unknown_time = True
     return restrictions, facts, expiry, unknown_time
@@ -189,7 +197,9 @@ def inspect(token: str) -> TokenInfo:
             facts = block_facts
         if block_expiry is not None:
             expiry = block_expiry if expiry is None else min(expiry, block_expiry)
-        blocks.append(BlockInfo(index, unverified.revocation_ids[index], source.strip(), restrictions))
+        blocks.append(
+            BlockInfo(index, unverified.revocation_ids[index], source.strip(), restrictions)
+        )
     return TokenInfo(
         root_key_id=unverified.root_key_id(),
         token_id=facts.get("token"),

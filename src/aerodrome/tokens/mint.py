@@ -33,7 +33,8 @@ class RootKey:
         seed = load_or_create_ed25519(path, create=create).private_bytes(
             Encoding.Raw, PrivateFormat.Raw, NoEncryption()
         )
-        private = PrivateKey.from_bytes(seed, Algorithm.Ed25519)
+        # biscuit-python's type stub lags its API: from_bytes takes the algorithm.
+        private = PrivateKey.from_bytes(seed, Algorithm.Ed25519)  # type: ignore[call-arg,attr-defined]
         return cls(KeyPair.from_private_key(private))
 
     @property
@@ -122,7 +123,7 @@ def mint(
     builder.set_root_key_id(root.key_id)
     biscuit = builder.build(root.private)
     return Minted(
-        token=wire.encode(biscuit.to_bytes()),
+        token=wire.encode(bytes(biscuit.to_bytes())),
         token_id=token_id,
         revocation_id=biscuit.revocation_ids[0],
         expires_at=expires_at,

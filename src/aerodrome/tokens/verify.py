@@ -129,7 +129,7 @@ class Verifier:
     def __init__(self, public_keys: dict[int, PublicKey], *, cache_size: int = 10_000) -> None:
         self._keys = dict(public_keys)
         self._cache_size = cache_size
-        self._tokens: dict[str, VerifiedToken | Decision] = {}
+        self._tokens: dict[str, VerifiedToken] = {}
         self._decisions: dict[tuple[object, ...], datetime | None] = {}
         self.revoked: set[str] = set()
 
@@ -167,9 +167,12 @@ class Verifier:
     def parse(self, token: str) -> VerifiedToken | Decision:
         """Signatures and structure only (cached): no revocation or expiry check. For
         naming a token's blocks, e.g. to revoke one of them."""
-        found = self._tokens.get(token)
-        if found is None:
-            found = self._parse_uncached(token)
+        cached = self._tokens.get(token)
+        if cached is not None:
+            return cached
+        found = self._parse_uncached(token)
+        if isinstance(found, VerifiedToken):
+            # Only genuine tokens are remembered: garbage must not fill the cache.
             self._remember(self._tokens, token, found)
         return found
 
@@ -237,7 +240,8 @@ class Verifier:
             # unattenuated session token mints.
             return _deny(
                 "action_not_allowed",
-                f"a {'attenuated ' if token.attenuated else ''}{token.kind} token cannot mint tokens",
+                f"{'an attenuated' if token.attenuated else 'a'} {token.kind} token "
+                "cannot mint tokens",
                 "mint with your own session token (`aero up` writes one to aero.env)",
             )
         grants: bool | None = None
@@ -282,11 +286,11 @@ class Verifier:
             code.append("role_allows(true);")
         code.extend(_POLICIES)
         builder = AuthorizerBuilder("\n".join(code), params)
-        limits = builder.limits()
+        limits = builder.limits()  # type: ignore[attr-defined]  # missing from the stub
         limits.max_time = MAX_TIME
         limits.max_facts = MAX_FACTS
         limits.max_iterations = MAX_ITERATIONS
-        builder.set_limits(limits)
+        builder.set_limits(limits)  # type: ignore[attr-defined]
         try:
             builder.build(token.biscuit).authorize()
         except AuthorizationError as exc:
@@ -320,7 +324,9 @@ class Verifier:
                 "action_not_allowed",
                 f"token {token.token_id} restriction in block {block} failed: {check}",
             )
-        return _deny("action_not_allowed", f"token {token.token_id} does not allow {request.action}")
+        return _deny(
+            "action_not_allowed", f"token {token.token_id} does not allow {request.action}"
+        )
 
     def _remember(self, cache: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
         if len(cache) >= self._cache_size:

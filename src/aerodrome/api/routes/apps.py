@@ -34,7 +34,9 @@ def create_app(
 
 
 @router.get("/apps")
-def list_apps(org: str | None = None, caller: Caller = Depends(authenticated())) -> list[dict[str, Any]]:
+def list_apps(
+    org: str | None = None, caller: Caller = Depends(authenticated())
+) -> list[dict[str, Any]]:
     """The apps the caller may read, optionally in one org."""
     with caller.services.store.read() as session:
         orgs = candidate_orgs(session, caller)
@@ -52,16 +54,19 @@ def list_apps(org: str | None = None, caller: Caller = Depends(authenticated()))
 
 
 @router.get("/apps/{app}")
-def show_app(app: str, caller: Caller = Depends(requires("apps.read", AppParam()))) -> dict[str, Any]:
+def show_app(
+    app: str, caller: Caller = Depends(requires("apps.read", AppParam()))
+) -> dict[str, Any]:
     assert caller.target.app is not None
     return app_view(caller.target.app, caller.target.org)
 
 
 @router.delete("/apps/{app}")
-def destroy_app(app: str, caller: Caller = Depends(requires("apps.destroy", AppParam()))) -> dict[str, Any]:
+def destroy_app(
+    app: str, caller: Caller = Depends(requires("apps.destroy", AppParam()))
+) -> dict[str, Any]:
     target = caller.target.app
     assert target is not None
     with caller.services.store.write(caller.audit_context()) as tx:
         revoked = app_rules.destroy_app(tx, tx.session.merge(target))
     return {"destroyed": target.name, "revoked_tokens": revoked}
-

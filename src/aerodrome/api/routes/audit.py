@@ -66,8 +66,13 @@ def changes(
             select(Change).where(Change.revision > after).order_by(Change.revision).limit(limit)
         ).scalars()
         items = [
-            {"revision": c.revision, "entity": c.entity, "id": c.entity_id, "op": c.op,
-             "at": c.at.isoformat()}
+            {
+                "revision": c.revision,
+                "entity": c.entity,
+                "id": c.entity_id,
+                "op": c.op,
+                "at": c.at.isoformat(),
+            }
             for c in rows
         ]
     return {"changes": items, "next_after": items[-1]["revision"] if items else after}

@@ -28,7 +28,9 @@ class MemberAdd(BaseModel):
 
 
 @router.post("/orgs", status_code=201)
-def create_org(body: OrgCreate, caller: Caller = Depends(requires("orgs.create"))) -> dict[str, Any]:
+def create_org(
+    body: OrgCreate, caller: Caller = Depends(requires("orgs.create"))
+) -> dict[str, Any]:
     assert caller.user is not None  # only session tokens are granted orgs.create
     with caller.services.store.write(caller.audit_context()) as tx:
         org = org_rules.create_org(tx, body.slug, body.name, caller.user)
@@ -38,8 +40,11 @@ def create_org(body: OrgCreate, caller: Caller = Depends(requires("orgs.create")
 @router.get("/orgs")
 def list_orgs(caller: Caller = Depends(authenticated())) -> list[dict[str, Any]]:
     with caller.services.store.read() as session:
-        return [org_view(org) for org in candidate_orgs(session, caller)
-                if caller.can(session, "orgs.read", org)]
+        return [
+            org_view(org)
+            for org in candidate_orgs(session, caller)
+            if caller.can(session, "orgs.read", org)
+        ]
 
 
 def candidate_orgs(session: Any, caller: Caller) -> list[Org]:
@@ -54,7 +59,9 @@ def candidate_orgs(session: Any, caller: Caller) -> list[Org]:
 
 
 @router.get("/orgs/{org}")
-def show_org(org: str, caller: Caller = Depends(requires("orgs.read", OrgParam()))) -> dict[str, Any]:
+def show_org(
+    org: str, caller: Caller = Depends(requires("orgs.read", OrgParam()))
+) -> dict[str, Any]:
     assert caller.target.org is not None
     return org_view(caller.target.org)
 

@@ -74,7 +74,9 @@ def create_app_token(
     if body.type == "machine":
         machine = body.machine or new_id("mch")
         if not machine.startswith("mch_"):
-            raise InvalidInput(f"invalid machine id {machine!r}", hint="machine ids start with mch_")
+            raise InvalidInput(
+                f"invalid machine id {machine!r}", hint="machine ids start with mch_"
+            )
     elif body.machine:
         raise InvalidInput("--machine applies to machine tokens only")
     scope = Scope(body.type, org_id=target.org_id, app_id=target.id, machine_id=machine)
@@ -125,7 +127,10 @@ def revoke(
             revoked = {"token_id": root.id, "revocation_id": root.revocation_id, "scope": "token"}
         else:
             token_records.revoke_block(tx, target.revocation_id, root)
-            revoked = {"token_id": root.id, "revocation_id": target.revocation_id,
-                       "scope": "attenuated block"}
+            revoked = {
+                "token_id": root.id,
+                "revocation_id": target.revocation_id,
+                "scope": "attenuated block",
+            }
     caller.services.refresh_revocations()
     return {"revoked": revoked}

@@ -1,0 +1,101 @@
+"""A real `aero up` in a subprocess, and a helper that runs `aero` commands against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+AERO = [sys.executable, "-m", "aerodrome.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_env(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            out[key] = value
+    return out
+
+
+@dataclass
+class Platform:
+    data_dir: Path
+    port: int
+    process: subprocess.Popen[str]
+    env: dict[str, str]
+
+    def aero(self, *args: str, token: str | None = None, stdin: str | None = None,
+             check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        if token is not None:
+            env["AERO_API_TOKEN"] = token
+        result = subprocess.run([*AERO, *args], env=env, input=stdin, capture_output=True,
+                                text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"aero {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def aero_json(self, *args: str, **kw: Any) -> Any:
+        return json.loads(self.aero(*args, "--json", **kw).stdout)
+
+
+def start_platform(data_dir: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AERO_")}
+    process = subprocess.Popen(
+        [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *(extra or [])],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"aero up exited: {process.stdout.read() if process.stdout else ''}")
+        if (data_dir / "aero.env").exists():
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("aero up did not become ready in 60 s")
+
+
+def stop_platform(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+        raise AssertionError("aero up did not stop within 30 s of SIGTERM") from None
+    return out
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    data_dir = tmp_path_factory.mktemp("platform") / "data"
+    port = free_port()
+    process = start_platform(data_dir, port)
+    try:
+        yield Platform(data_dir, port, process, read_env(data_dir / "aero.env"))
+    finally:
+        stop_platform(process)
