@@ -7,11 +7,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aerodrome import __version__
+from aerodrome.api.authz import Requires, declared
 from aerodrome.api.routes import apps, audit, auth, meta, orgs, tokens
 from aerodrome.config import Settings
 from aerodrome.errors import AeroError
@@ -20,6 +23,14 @@ from aerodrome.services import Services
 
 log = logging.getLogger("aerodrome.api")
 MAX_BODY = 1 << 20  # 1 MiB: the control plane takes small JSON documents only
+
+
+ROUTERS = (meta.router, auth.router, orgs.router, apps.router, tokens.router, audit.router)
+
+
+def api_routes() -> list[APIRoute]:
+    """Every route of the API, with its full path (for the OpenAPI document and tests)."""
+    return [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]
 
 
 def _error(status: int, code: str, message: str, hint: str = "", **headers: str) -> JSONResponse:
@@ -91,8 +102,8 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
     )
     app.state.services = services
     app.add_middleware(RequestContext)
-    for module in (meta, auth, orgs, apps, tokens, audit):
-        app.include_router(module.router, prefix="/v1")
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.exception_handler(AeroError)
     async def aero_error(request: Request, exc: AeroError) -> JSONResponse:
@@ -143,7 +154,30 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
             f"report request id {request_id} to the platform operator",
         )
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document, plus what each operation requires: the bearer scheme and the
+    declared action (`x-aero-action`), so clients can see the permission model."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "token": {"type": "http", "scheme": "bearer", "description": "an aero1_ token"}
+    }
+    for route in api_routes():
+        declaration = declared(route)
+        for method in route.methods:
+            operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+            if operation is None:
+                continue
+            if isinstance(declaration, Requires):
+                operation["security"] = [{"token": []}]
+                operation["x-aero-action"] = declaration.action or "authenticated"
+    app.openapi_schema = schema
+    return schema
 
 
 def app_from_env() -> Any:

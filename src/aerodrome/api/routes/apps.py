@@ -14,7 +14,7 @@ from aerodrome.errors import NotFound
 from aerodrome.platform import apps as app_rules
 from aerodrome.platform import orgs as org_rules
 
-router = APIRouter(route_class=AuthorizedRoute, tags=["apps"])
+router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["apps"])
 
 
 class AppCreate(BaseModel):

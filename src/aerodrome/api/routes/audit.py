@@ -12,7 +12,7 @@ from aerodrome.api.views import event_view
 from aerodrome.audit.store import audit_public_key, verify_store
 from aerodrome.store.models import AuditEvent, Change
 
-router = APIRouter(route_class=AuthorizedRoute, tags=["audit"])
+router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["audit"])
 
 
 def _events(caller: Caller, org_id: str | None, after: int, limit: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from aerodrome.api.authz import AuthorizedRoute, Caller, authenticated
 from aerodrome.api.views import iso
 
-router = APIRouter(route_class=AuthorizedRoute, tags=["auth"])
+router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["auth"])
 
 
 @router.get("/auth/whoami")

@@ -12,7 +12,7 @@ from aerodrome.api.views import member_view, org_view
 from aerodrome.platform import orgs as org_rules
 from aerodrome.store.models import Org, Token
 
-router = APIRouter(route_class=AuthorizedRoute, tags=["orgs"])
+router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["orgs"])
 
 
 class OrgCreate(BaseModel):

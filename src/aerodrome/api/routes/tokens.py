@@ -23,7 +23,7 @@ from aerodrome.ids import new_id
 from aerodrome.platform import tokens as token_records
 from aerodrome.tokens.mint import Scope
 
-router = APIRouter(route_class=AuthorizedRoute, tags=["tokens"])
+router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["tokens"])
 
 
 class TokenCreate(BaseModel):
