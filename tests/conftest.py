@@ -118,14 +118,21 @@ def world(services: Services) -> World:
         ids["platform.admin"] = root_user.id
     for org_slug in ("acme", "globex"):
         org_id = ids[f"{org_slug}.org"]
-        tokens[f"{org_slug}.admin"] = mint_token(services, Scope("session", user_id=ids[f"{org_slug}.admin"]))
-        tokens[f"{org_slug}.member"] = mint_token(services, Scope("session", user_id=ids[f"{org_slug}.member"]))
+        tokens[f"{org_slug}.admin"] = mint_token(
+            services, Scope("session", user_id=ids[f"{org_slug}.admin"])
+        )
+        tokens[f"{org_slug}.member"] = mint_token(
+            services, Scope("session", user_id=ids[f"{org_slug}.member"])
+        )
         tokens[f"{org_slug}.org"] = mint_token(services, Scope("org", org_id=org_id))
         tokens[f"{org_slug}.readonly"] = mint_token(services, Scope("readonly", org_id=org_id))
         app_id = ids[f"{org_slug}-web"]
-        tokens[f"{org_slug}.deploy"] = mint_token(services, Scope("deploy", org_id=org_id, app_id=app_id))
+        tokens[f"{org_slug}.deploy"] = mint_token(
+            services, Scope("deploy", org_id=org_id, app_id=app_id)
+        )
         tokens[f"{org_slug}.machine"] = mint_token(
-            services, Scope("machine", org_id=org_id, app_id=app_id, machine_id="mch_" + "a" * 24))
+            services, Scope("machine", org_id=org_id, app_id=app_id, machine_id="mch_" + "a" * 24)
+        )
     tokens["platform.admin"] = mint_token(services, Scope("session", user_id=ids["platform.admin"]))
     client = TestClient(create_app(services), raise_server_exceptions=False)
     return World(services, client, tokens, ids)

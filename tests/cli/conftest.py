@@ -42,32 +42,48 @@ class Platform:
     process: subprocess.Popen[str]
     env: dict[str, str]
 
-    def aero(self, *args: str, token: str | None = None, stdin: str | None = None,
-             check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def aero(
+        self,
+        *args: str,
+        token: str | None = None,
+        stdin: str | None = None,
+        check: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.env, **(extra_env or {})}
         if token is not None:
             env["AERO_API_TOKEN"] = token
-        result = subprocess.run([*AERO, *args], env=env, input=stdin, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [*AERO, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"aero {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"aero {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def aero_json(self, *args: str, **kw: Any) -> Any:
         return json.loads(self.aero(*args, "--json", **kw).stdout)
 
 
-def start_platform(data_dir: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen[str]:
+def start_platform(
+    data_dir: Path, port: int, extra: list[str] | None = None
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AERO_")}
     process = subprocess.Popen(
         [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *(extra or [])],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"aero up exited: {process.stdout.read() if process.stdout else ''}")
+            raise AssertionError(
+                f"aero up exited: {process.stdout.read() if process.stdout else ''}"
+            )
         if (data_dir / "aero.env").exists():
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:

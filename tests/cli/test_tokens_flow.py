@@ -26,8 +26,16 @@ def test_deploy_token_lifecycle(platform: Platform) -> None:
 
     # Attenuate offline: no server involved (the API URL points nowhere).
     offline = {"AERO_API_URL": "http://127.0.0.1:9", "AERO_API_TOKEN": ""}
-    child = platform.aero("tokens", "attenuate", "--actions", "apps.read", "--expiry", "1h",
-                          stdin=deploy, extra_env=offline).stdout.strip()
+    child = platform.aero(
+        "tokens",
+        "attenuate",
+        "--actions",
+        "apps.read",
+        "--expiry",
+        "1h",
+        stdin=deploy,
+        extra_env=offline,
+    ).stdout.strip()
     assert child != deploy
     info = platform.aero_json("tokens", "inspect", "--token", child, extra_env=offline)
     assert len(info["blocks"]) == 2
@@ -72,22 +80,38 @@ def test_every_command_speaks_json_and_fails_in_one_line(platform: Platform) -> 
     assert as_json.returncode == 1 and '"code": "not_found"' in as_json.stdout
 
 
-def test_audit_verify_clean_then_fails_on_a_tampered_copy(platform: Platform, tmp_path: Path) -> None:
+def test_audit_verify_clean_then_fails_on_a_tampered_copy(
+    platform: Platform, tmp_path: Path
+) -> None:
     assert "audit log OK" in platform.aero("audit", "verify").stdout
     copy = tmp_path / "copy.db"
-    with sqlite3.connect(platform.data_dir / "aerodrome.db") as source, sqlite3.connect(copy) as dest:
+    with (
+        sqlite3.connect(platform.data_dir / "aerodrome.db") as source,
+        sqlite3.connect(copy) as dest,
+    ):
         source.backup(dest)
     with sqlite3.connect(copy) as db:
         db.execute("UPDATE audit_events SET actor = 'usr_mallory' WHERE seq = 3")
-    result = platform.aero("audit", "verify", "--database-url", f"sqlite:///{copy}",
-                           "--data-dir", str(platform.data_dir), check=False)
+    result = platform.aero(
+        "audit",
+        "verify",
+        "--database-url",
+        f"sqlite:///{copy}",
+        "--data-dir",
+        str(platform.data_dir),
+        check=False,
+    )
     assert result.returncode == 1
     assert "first bad event 3" in result.stderr
 
 
 def test_secrets_of_the_platform_stay_private(platform: Platform) -> None:
-    for path in (platform.data_dir / "aero.env", platform.data_dir / "keys" / "token-root.key",
-                 platform.data_dir / "keys" / "audit-signing.key", platform.data_dir / "aerodrome.db"):
+    for path in (
+        platform.data_dir / "aero.env",
+        platform.data_dir / "keys" / "token-root.key",
+        platform.data_dir / "keys" / "audit-signing.key",
+        platform.data_dir / "aerodrome.db",
+    ):
         assert path.stat().st_mode & 0o077 == 0, path
     env = (platform.data_dir / "aero.env").read_text()
     assert "AERO_API_URL=http://127.0.0.1:" in env and "AERO_API_TOKEN=aero1_" in env

@@ -42,8 +42,11 @@ def test_second_run_reuses_state_and_sigterm_stops_everything(tmp_path: Path) ->
     second = start_platform(data_dir, port)
     try:
         assert read_env(data_dir / "aero.env")["AERO_API_TOKEN"] == token
-        who = httpx.get(f"http://127.0.0.1:{port}/v1/auth/whoami",
-                        headers={"authorization": f"Bearer {token}"}, timeout=5)
+        who = httpx.get(
+            f"http://127.0.0.1:{port}/v1/auth/whoami",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=5,
+        )
         assert who.status_code == 200 and who.json()["user"]["email"] == "admin@localhost"
     finally:
         stop_platform(second)
@@ -57,8 +60,12 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AERO_")}
-        result = subprocess.run([*AERO, "up", "--data-dir", str(tmp_path / "d"),
-                                 "--api-port", str(port)], env=env, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [*AERO, "up", "--data-dir", str(tmp_path / "d"), "--api-port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "--api-port" in result.stderr

@@ -77,8 +77,9 @@ def test_concurrent_writers_keep_revisions_and_chain_gap_free(services: Services
         seqs = session.execute(select(AuditEvent.seq).order_by(AuditEvent.seq)).scalars().all()
     assert seqs == list(range(1, 21))
     settings = services.settings
-    report = verify_store(services.store, audit_public_key(settings.keys_dir),
-                          settings.checkpoint_file)
+    report = verify_store(
+        services.store, audit_public_key(settings.keys_dir), settings.checkpoint_file
+    )
     assert report.ok and report.checkpoints == 1  # one signed checkpoint at event 16
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -31,6 +32,15 @@ ROUTERS = (meta.router, auth.router, orgs.router, apps.router, tokens.router, au
 def api_routes() -> list[APIRoute]:
     """Every route of the API, with its full path (for the OpenAPI document and tests)."""
     return [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]
+
+
+def _allowed_methods(path: str) -> list[str]:
+    """Every method some route serves at `path` (the framework names only the first match)."""
+    methods: set[str] = set()
+    for route in api_routes():
+        if route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def _error(status: int, code: str, message: str, hint: str = "", **headers: str) -> JSONResponse:
@@ -64,30 +74,46 @@ class RequestContext:
             await response(scope, receive, send)
             return
         seen = 0
+        too_large = False
+        started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise AeroError(
-                        f"request body is larger than {self.max_body} bytes",
-                        code="body_too_large",
-                        status=413,
-                    )
+                    too_large = True
+                    raise _BodyTooLarge
             return message
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if too_large:
+                return  # whatever the app made of the cut body is replaced by the 413 below
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
+                started = True
                 message["headers"] = [
-                    *message["headers"],
+                    *message.get("headers", []),
                     (b"aero-request-id", request_id.encode()),
                 ]
             await send(message)
 
-        await self.app(scope, limited_receive, send_with_id)
+        with contextlib.suppress(_BodyTooLarge):
+            await self.app(scope, limited_receive, send_with_id)
+        if too_large and not started:
+            response = _error(
+                413,
+                "body_too_large",
+                f"request body is larger than {self.max_body} bytes",
+                "send a smaller document",
+                **{"aero-request-id": request_id},
+            )
+            await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    """Raised from `receive` once a streamed body passes the cap."""
 
 
 def create_app(services: Services | None = None, settings: Settings | None = None) -> FastAPI:
@@ -107,6 +133,9 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
 
     @app.exception_handler(AeroError)
     async def aero_error(request: Request, exc: AeroError) -> JSONResponse:
+        if exc.status == 401:  # RFC 6750: say which scheme, and that the token was the problem
+            challenge = f'Bearer error="invalid_token", error_description="{exc.code}"'
+            return _error(401, exc.code, exc.message, exc.hint, **{"www-authenticate": challenge})
         return _error(exc.status, exc.code, exc.message, exc.hint)
 
     @app.exception_handler(RequestValidationError)
@@ -132,7 +161,7 @@ def create_app(services: Services | None = None, settings: Settings | None = Non
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.url.path}",
                 "see /v1/openapi.json",
-                allow=exc.headers.get("allow", "") if exc.headers else "",
+                allow=", ".join(_allowed_methods(request.url.path)),
             )
         return _error(exc.status_code, "http_error", str(exc.detail))
 

@@ -193,16 +193,12 @@ class Requires:
         self.resource = resource
 
     async def __call__(self, request: Request) -> Caller:
-        body: Any = None
-        if self.resource.needs_body:
-            raw = await request.body()
-            try:
-                body = json.loads(raw) if raw else {}
-            except ValueError as exc:
-                raise InvalidInput("request body is not valid JSON") from exc
-        return await run_in_threadpool(self._authorize, request, body)
+        # The body is read here (it can only be awaited) but parsed after authentication,
+        # so an anonymous caller learns nothing from how its body is judged.
+        raw = await request.body() if self.resource.needs_body else b""
+        return await run_in_threadpool(self._authorize, request, raw)
 
-    def _authorize(self, request: Request, body: Any) -> Caller:
+    def _authorize(self, request: Request, raw_body: bytes) -> Caller:
         services: Services = request.app.state.services
         request_id: str = request.state.request_id
         client_ip = request.client.host if request.client else ""
@@ -239,6 +235,12 @@ class Requires:
                         Decision(False, "revoked", "the user of this token no longer exists"),
                     )
             caller = Caller(services, verified, user, request_id, client_ip)
+            body: Any = None
+            if self.resource.needs_body:
+                try:
+                    body = json.loads(raw_body) if raw_body else {}
+                except ValueError as exc:
+                    raise InvalidInput("request body is not valid JSON") from exc
             caller.target = self.resource.load(session, request, body, caller)
             if self.action is None:
                 return caller

@@ -121,6 +121,7 @@ def verify(
     checkpoints: Iterable[Checkpoint],
     public_key: Ed25519PublicKey,
     head_seq: int | None = None,
+    head_hash: str | None = None,
 ) -> VerifyReport:
     """Recompute the chain and check it against every checkpoint.
 
@@ -154,33 +155,50 @@ def verify(
         expected_seq += 1
     last_seq = expected_seq - 1
 
-    seen: dict[int, Checkpoint] = {}
-    for cp in checkpoints:
-        seen.setdefault(cp.seq, cp)
-    for seq in sorted(seen):
-        cp = seen[seq]
+    # Check every distinct checkpoint (the database's and the file's may differ if one was
+    # forged); only those with a valid signature are trusted to judge the chain.
+    trusted: dict[int, str] = {}
+    distinct = {(cp.seq, cp.hash, cp.at, cp.key_id, cp.signature): cp for cp in checkpoints}
+    for cp in sorted(distinct.values(), key=lambda c: c.seq):
         report.checkpoints += 1
         if cp.key_id != key_id:
-            report.fail(None, f"checkpoint {seq}: signed by unknown key {cp.key_id}")
+            report.fail(None, f"checkpoint {cp.seq}: signed by unknown key {cp.key_id}")
             continue
         try:
-            public_key.verify(bytes.fromhex(cp.signature), checkpoint_message(seq, cp.hash, cp.at))
+            message = checkpoint_message(cp.seq, cp.hash, cp.at)
+            public_key.verify(bytes.fromhex(cp.signature), message)
         except (InvalidSignature, ValueError):
-            report.fail(None, f"checkpoint {seq}: bad signature (forged checkpoint)")
+            report.fail(None, f"checkpoint {cp.seq}: bad signature (forged checkpoint)")
             continue
+        trusted[cp.seq] = cp.hash
+
+    def last_good_before(seq: int) -> int:
+        return max((s for s, h in trusted.items() if s < seq and hashes.get(s) == h), default=0)
+
+    for seq in sorted(trusted):
         if seq in hashes:
-            if hashes[seq] != cp.hash:
-                first = max(
-                    (s for s in seen if s < seq and hashes.get(s) == seen[s].hash), default=0
-                )
+            if hashes[seq] != trusted[seq]:
+                first = last_good_before(seq)
                 report.fail(first + 1, f"checkpoint {seq}: chain was rewritten after event {first}")
         elif not broken and seq > last_seq:
             report.fail(
                 last_seq + 1, f"log ends at event {last_seq} but checkpoint {seq} exists: tail cut"
             )
-    if head_seq is not None and not broken and head_seq > last_seq:
-        report.fail(
-            last_seq + 1,
-            f"log ends at event {last_seq} but the store head says {head_seq}: tail cut",
-        )
+    if head_seq is not None and not broken:
+        if head_seq > last_seq:
+            report.fail(
+                last_seq + 1,
+                f"log ends at event {last_seq} but the store head says {head_seq}: tail cut",
+            )
+        elif (
+            head_hash is not None
+            and head_seq == last_seq
+            and hashes.get(last_seq, GENESIS) != head_hash
+        ):
+            first = last_good_before(last_seq + 1)
+            report.fail(
+                first + 1,
+                f"the store head's chain tip does not match event {last_seq}: "
+                f"events after {first} were rewritten",
+            )
     return report

@@ -32,7 +32,7 @@ def verify_store(store: Store, public_key: Ed25519PublicKey, checkpoint_file: Pa
     """Walk every event in sequence order; checkpoints come from the database and from the
     data directory's file (the file survives a rewrite of the database)."""
     with store.read() as session:
-        head_seq = session.execute(select(StoreHead.audit_seq)).scalar_one_or_none()
+        head = session.execute(select(StoreHead)).scalar_one_or_none()
         checkpoints = [
             Checkpoint(row.seq, row.hash, row.at, row.key_id, row.signature)
             for row in session.execute(select(AuditCheckpoint)).scalars()
@@ -40,4 +40,10 @@ def verify_store(store: Store, public_key: Ed25519PublicKey, checkpoint_file: Pa
         checkpoints += read_checkpoint_file(checkpoint_file)
         rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars()
         events = ({name: getattr(row, name) for name in (*EVENT_FIELDS, "hash")} for row in rows)
-        return verify(events, checkpoints, public_key, head_seq=head_seq)
+        return verify(
+            events,
+            checkpoints,
+            public_key,
+            head_seq=head.audit_seq if head else None,
+            head_hash=head.audit_hash if head else None,
+        )

@@ -43,6 +43,8 @@ def decode(text: str) -> bytes:
     token = text.strip()
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
+    if not token.isascii():
+        raise TokenFormatError("token holds non-ASCII characters (a stray paste?)")
     if len(token) > MAX_TOKEN_LEN:
         raise TokenFormatError(f"token is longer than {MAX_TOKEN_LEN} characters")
     if not token.startswith(PREFIX):
@@ -58,9 +60,12 @@ def decode(text: str) -> bytes:
         )
     payload = body[len(PREFIX) :]
     try:
-        return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     except (binascii.Error, ValueError) as exc:
         raise TokenFormatError("token payload is not valid base64url") from exc
+    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != payload:
+        raise TokenFormatError("token payload is not canonical base64url")
+    return raw
 
 
 def encode_b64(raw: bytes) -> str:
