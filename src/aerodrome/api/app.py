@@ -56,6 +56,15 @@ class RequestContext:
         self.app = app
         self.max_body = max_body
 
+    def _too_large(self, request_id: str) -> JSONResponse:
+        return _error(
+            413,
+            "body_too_large",
+            f"request body is larger than {self.max_body} bytes",
+            "send a smaller document",
+            **{"aero-request-id": request_id},
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -64,14 +73,7 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            response = _error(
-                413,
-                "body_too_large",
-                f"request body is larger than {self.max_body} bytes",
-                "send a smaller document",
-                **{"aero-request-id": request_id},
-            )
-            await response(scope, receive, send)
+            await self._too_large(request_id)(scope, receive, send)
             return
         seen = 0
         too_large = False
@@ -102,14 +104,7 @@ class RequestContext:
         with contextlib.suppress(_BodyTooLarge):
             await self.app(scope, limited_receive, send_with_id)
         if too_large and not started:
-            response = _error(
-                413,
-                "body_too_large",
-                f"request body is larger than {self.max_body} bytes",
-                "send a smaller document",
-                **{"aero-request-id": request_id},
-            )
-            await response(scope, receive, send)
+            await self._too_large(request_id)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
