@@ -64,7 +64,6 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         data_dir=base.data_dir,
         database_url=database_url,
         root_key_file=base.root_key_file,
-        audit_key_file=base.audit_key_file,
     )
 
 

@@ -14,7 +14,6 @@ class Settings:
     data_dir: Path
     database_url: str
     root_key_file: Path
-    audit_key_file: Path
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> Settings:
@@ -24,8 +23,7 @@ class Settings:
         return cls(
             data_dir=root,
             database_url=url,
-            root_key_file=Path(key_file) if key_file else root / "keys" / "token-root.key",
-            audit_key_file=root / "keys" / "audit-signing.key",
+            root_key_file=Path(key_file) if key_file else root / "keys" / "root.key",
         )
 
     @property

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aerodrome.audit.chain import AuditSigner
 from aerodrome.config import Settings
-from aerodrome.keyfiles import load_or_create_ed25519
+from aerodrome.keyfiles import RootSecret
 from aerodrome.platform.tokens import revocations_since
 from aerodrome.store.db import Store
 from aerodrome.tokens.mint import RootKey
@@ -26,14 +27,12 @@ class Services:
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> Services:
         settings.ensure_dirs()
-        root = RootKey.load(settings.root_key_file)
-        public_file = settings.keys_dir / "token-root.pub"
-        if not public_file.exists():
-            public_file.write_text(f"{root.key_id} {root.public}\n")
-        signer = AuditSigner(load_or_create_ed25519(settings.audit_key_file))
-        audit_public = settings.keys_dir / "audit-signing.pub"
-        if not audit_public.exists():
-            audit_public.write_text(signer.public_bytes().hex() + "\n")
+        root_secret = RootSecret.load(settings.root_key_file)
+        root = RootKey.from_root(root_secret)
+        signer = AuditSigner(root_secret.ed25519("audit/ed25519/1"))
+        # Public halves, for verifiers that must not hold the root (regions, `audit verify`).
+        _write_public(settings.keys_dir / "token-root.pub", f"{root.key_id} {root.public}")
+        _write_public(settings.keys_dir / "audit-signing.pub", signer.public_bytes().hex())
         store = Store(
             settings.database_url, signer=signer, checkpoint_file=settings.checkpoint_file
         )
@@ -54,3 +53,8 @@ class Services:
 
     def close(self) -> None:
         self.store.dispose()
+
+
+def _write_public(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text().strip() != text:
+        path.write_text(text + "\n")

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from aerodrome.api.app import MAX_BODY
 from aerodrome.ids import new_id
+from aerodrome.keyfiles import RootSecret
 from aerodrome.store.models import App, AuditEvent
 from aerodrome.tokens import format as wire
 from aerodrome.tokens.attenuate import attenuate, inspect
@@ -301,7 +302,7 @@ def test_truncated_tokens_say_they_were_cut_short(world: World) -> None:
 
 def _forged(tmp_path: Path, user_id: str) -> str:
     """A session token in the right format with a valid checksum, signed by a stranger."""
-    stranger = RootKey.load(tmp_path / "stranger-root.key")
+    stranger = RootKey.from_root(RootSecret.load(tmp_path / "stranger-root.key"))
     token = mint(stranger, Scope("session", user_id=user_id), new_id("tok")).token
     wire.decode(token)  # well-formed: only the signature can give it away
     return token

@@ -108,8 +108,7 @@ def test_audit_verify_clean_then_fails_on_a_tampered_copy(
 def test_secrets_of_the_platform_stay_private(platform: Platform) -> None:
     for path in (
         platform.data_dir / "aero.env",
-        platform.data_dir / "keys" / "token-root.key",
-        platform.data_dir / "keys" / "audit-signing.key",
+        platform.data_dir / "keys" / "root.key",
         platform.data_dir / "aerodrome.db",
     ):
         assert path.stat().st_mode & 0o077 == 0, path

@@ -14,18 +14,22 @@ from aerodrome.audit.chain import (
     read_checkpoint_file,
     verify,
 )
-from aerodrome.keyfiles import load_or_create_ed25519
+from aerodrome.errors import AeroError
 from aerodrome.store.db import Store
 from aerodrome.store.models import AuditCheckpoint, AuditEvent, StoreHead
 
 
 def audit_public_key(keys_dir: Path) -> Ed25519PublicKey:
-    """The checkpoint verification key: the public file if present, else derived from the
-    private key (which only the platform's own processes can read)."""
+    """The checkpoint verification key, from the public file `aero up` writes: verifying
+    needs no private key."""
     public_file = keys_dir / "audit-signing.pub"
-    if public_file.exists():
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_file.read_text().strip()))
-    return load_or_create_ed25519(keys_dir / "audit-signing.key", create=False).public_key()
+    if not public_file.exists():
+        raise AeroError(
+            f"{public_file} not found",
+            hint="pass the --data-dir of the platform that wrote this audit log",
+            code="missing_key_file",
+        )
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_file.read_text().strip()))
 
 
 def verify_store(store: Store, public_key: Ed25519PublicKey, checkpoint_file: Path) -> VerifyReport:

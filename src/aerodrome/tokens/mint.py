@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from biscuit_auth import Algorithm, BiscuitBuilder, KeyPair, PrivateKey, PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from aerodrome.errors import InvalidInput
-from aerodrome.keyfiles import load_or_create_ed25519
+from aerodrome.keyfiles import RootSecret
 from aerodrome.tokens import format as wire
 from aerodrome.tokens.actions import CAPABILITY_KINDS, DEFAULT_EXPIRY, KINDS, MAX_EXPIRY
 
@@ -29,10 +27,8 @@ class RootKey:
         return f"RootKey(key_id={self.key_id}, public={self.public!r})"
 
     @classmethod
-    def load(cls, path: Path, create: bool = True) -> RootKey:
-        seed = load_or_create_ed25519(path, create=create).private_bytes(
-            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
-        )
+    def from_root(cls, root: RootSecret) -> RootKey:
+        seed = root.derive("tokens/ed25519/1")
         # biscuit-python's type stub lags its API: from_bytes takes the algorithm.
         private = PrivateKey.from_bytes(seed, Algorithm.Ed25519)  # type: ignore[call-arg,attr-defined]
         return cls(KeyPair.from_private_key(private))
