@@ -6,10 +6,15 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from aerodrome.audit.chain import AuditSigner
 from aerodrome.config import Settings
 from aerodrome.keyfiles import RootSecret
+from aerodrome.platform.secrets import ensure_keyring, load_keyring
 from aerodrome.platform.tokens import revocations_since
+from aerodrome.secrets.digest import Digester
+from aerodrome.secrets.keyring import Keyring
 from aerodrome.store.db import Store
 from aerodrome.tokens.mint import RootKey
 from aerodrome.tokens.verify import Verifier
@@ -21,6 +26,8 @@ class Services:
     store: Store
     root: RootKey
     verifier: Verifier
+    root_secret: RootSecret = field(repr=False)
+    digester: Digester = field(repr=False)
     _revocation_revision: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -38,9 +45,17 @@ class Services:
         )
         if migrate:
             store.migrate()
-        services = cls(settings, store, root, Verifier(root.public_keys()))
+        services = cls(
+            settings, store, root, Verifier(root.public_keys()), root_secret, Digester(root_secret)
+        )
+        with store.write() as tx:
+            ensure_keyring(tx, root_secret)
         services.refresh_revocations()
         return services
+
+    def keyring(self, session: Session) -> Keyring:
+        """The secrets keyring as stored now (a handful of rows; rotation shows at once)."""
+        return load_keyring(session, self.root_secret)
 
     def refresh_revocations(self) -> None:
         """Follow the revocations table: only rows newer than the last one seen are read."""

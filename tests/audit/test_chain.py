@@ -202,9 +202,10 @@ def test_a_forged_copy_does_not_hide_the_genuine_checkpoint() -> None:
 COUNT = 40  # checkpoints at 16 and 32; events 33-40 are covered by the hash chain only
 
 
-def write_events(services: Services, count: int = COUNT) -> None:
-    """Events in transactions of five, so checkpoints also fall inside a transaction."""
-    for first in range(1, count + 1, 5):
+def write_events(services: Services, count: int = COUNT, first_seq: int = 1) -> None:
+    """Events `first_seq`..`count` (event n is `app-n`), in transactions of five, so
+    checkpoints also fall inside a transaction."""
+    for first in range(first_seq, count + 1, 5):
         ctx = Audit(actor=f"usr_{first % 3}", request_id=f"req_{first}", client_ip="10.0.0.1")
         with services.store.write(ctx) as tx:
             for n in range(first, min(first + 5, count + 1)):
@@ -259,8 +260,8 @@ def rewrite_and_rehash(conn: Connection, seq: int, **values: Any) -> list[Event]
 @pytest.fixture
 def logged(services: Services) -> Services:
     base = check(services)
-    assert base.ok and base.events == 0, "a fresh platform starts with an empty audit log"
-    write_events(services)
+    assert base.ok and base.events == 1, "a fresh platform's log holds the keyring's creation"
+    write_events(services, COUNT, first_seq=base.events + 1)
     return services
 
 

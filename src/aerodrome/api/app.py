@@ -16,17 +16,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aerodrome import __version__
 from aerodrome.api.authz import Requires, declared
-from aerodrome.api.routes import apps, audit, auth, meta, orgs, tokens
+from aerodrome.api.routes import apps, audit, auth, meta, orgs, secrets, tokens
 from aerodrome.config import Settings
 from aerodrome.errors import AeroError
 from aerodrome.ids import new_id
 from aerodrome.services import Services
 
 log = logging.getLogger("aerodrome.api")
-MAX_BODY = 1 << 20  # 1 MiB: the control plane takes small JSON documents only
+MAX_BODY = 2 << 20  # 2 MiB: small JSON documents, and an app's secrets (1 MiB) with room to spare
 
 
-ROUTERS = (meta.router, auth.router, orgs.router, apps.router, tokens.router, audit.router)
+ROUTERS = (
+    meta.router,
+    auth.router,
+    orgs.router,
+    apps.router,
+    tokens.router,
+    secrets.router,
+    audit.router,
+)
 
 
 def api_routes() -> list[APIRoute]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from aerodrome.access import Denied, decide, record_denial
 from aerodrome.errors import AeroError, InvalidInput
 from aerodrome.platform import apps as app_rules
 from aerodrome.platform import orgs as org_rules
@@ -26,17 +27,9 @@ from aerodrome.platform import tokens as token_records
 from aerodrome.services import Services
 from aerodrome.store.db import Audit
 from aerodrome.store.models import App, Org, Token, User
-from aerodrome.tokens.verify import ALLOW, Decision, UserContext, VerifiedToken
-from aerodrome.tokens.verify import Request as AuthzRequest
+from aerodrome.tokens.verify import Decision, VerifiedToken
 
 PUBLIC = "public"  # marker for routes that need no token (health, public key, OpenAPI)
-
-
-class Denied(AeroError):
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(
-            decision.message, hint=decision.hint, code=decision.reason, status=decision.status
-        )
 
 
 @dataclass
@@ -70,35 +63,6 @@ class Caller:
     ) -> bool:
         """For listings: keep only what the caller may see. Same decision, no audit event."""
         return decide(self.services, session, self.token, self.user, action, org, app).allowed
-
-
-def decide(
-    services: Services,
-    session: Session,
-    token: VerifiedToken,
-    user: User | None,
-    action: str,
-    org: Org | None,
-    app: App | None,
-    revocation_id: str | None = None,
-) -> Decision:
-    """The one function that grants or refuses an action on a resource."""
-    if action == "tokens.revoke" and revocation_id == token.revocation_ids[-1]:
-        return ALLOW  # whoever holds a token may always revoke it (its own last block)
-    request = AuthzRequest(
-        action=action,
-        org_id=org.id if org else None,
-        org_slug=org.slug if org else None,
-        app_id=app.id if app else None,
-        app_name=app.name if app else None,
-    )
-    context = UserContext()
-    if user is not None:
-        context = UserContext(
-            role=org_rules.role_of(session, user.id, org.id) if org else None,
-            platform_admin=user.is_platform_admin,
-        )
-    return services.verifier.authorize(token, request, context)
 
 
 # -- resources a route can name ---------------------------------------------------------------
@@ -252,7 +216,7 @@ class Requires:
                 self.action,
                 caller.target.org,
                 caller.target.app,
-                caller.target.revocation_id,
+                revocation_id=caller.target.revocation_id,
             )
         if not decision.allowed:
             self._deny(
@@ -269,18 +233,10 @@ class Requires:
         decision: Decision,
         target: Target | None = None,
         action: str | None = None,
-    ) -> None:
+    ) -> NoReturn:
         target = target or Target()
-        name = target.app.id if target.app else target.org.id if target.org else "-"
-        with services.store.write(Audit(actor, request_id, client_ip)) as tx:
-            tx.audit(
-                action or "authenticate",
-                name,
-                outcome="denied",
-                reason=decision.reason,
-                org_id=target.org.id if target.org else "",
-            )
-        raise Denied(decision)
+        audit = Audit(actor, request_id, client_ip)
+        raise record_denial(services, audit, decision, action, target.org, target.app)
 
 
 def requires(action: str, resource: Resource | None = None) -> Requires:

@@ -159,3 +159,62 @@ class AuditCheckpoint(Base):
     at: Mapped[str] = mapped_column(String(40), nullable=False)
     key_id: Mapped[str] = mapped_column(String(64), nullable=False)
     signature: Mapped[str] = mapped_column(String(128), nullable=False)
+
+
+class KeyVersion(Base):
+    """A key-encryption key of the secrets keyring, sealed under the root-derived wrap key."""
+
+    __tablename__ = "key_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    wrapped: Mapped[str] = mapped_column(Text, nullable=False)
+    retired: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Secret(Base):
+    """One secret name of an app and its current version (0 when it was never set)."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("app_id", "name", name="uq_secret_app_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(256), nullable=False)
+    current_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class SecretVersion(Base):
+    """Every version of a secret: its sealed value (or none for an unset), digest and author."""
+
+    __tablename__ = "secret_versions"
+    __table_args__ = (UniqueConstraint("app_id", "name", "version", name="uq_secret_version"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(
+        ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(256), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    op: Mapped[str] = mapped_column(String(16), nullable=False)
+    ciphertext: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wrapped_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    digest: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    size: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    set_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Release(Base):
+    """Release N of an app: what it runs with. For now, the secret versions it carries."""
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("app_id", "number", name="uq_release_number"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(
+        ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    secret_versions: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    description: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    created_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

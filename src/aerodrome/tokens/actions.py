@@ -28,7 +28,7 @@ ORG_ACTIONS: frozenset[str] = frozenset(
 MACHINE_ACTIONS: frozenset[str] = frozenset({"machine.self", "secrets.unseal"})
 # Actions that name no org: creating one, who am I, and `platform.*` (platform admins only).
 GLOBAL_ACTIONS: frozenset[str] = frozenset(
-    {"orgs.create", "auth.whoami", "platform.audit.read", "platform.watch"}
+    {"orgs.create", "auth.whoami", "platform.audit.read", "platform.watch", "platform.keys"}
 )
 ALL_ACTIONS: frozenset[str] = ORG_ACTIONS | MACHINE_ACTIONS | GLOBAL_ACTIONS
 READ_ACTIONS: frozenset[str] = frozenset(a for a in ORG_ACTIONS if a.endswith(".read"))

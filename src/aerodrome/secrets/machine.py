@@ -1,0 +1,62 @@
+"""The one way to plaintext: the runtime, holding a machine's credential, unseals the secret
+values of the release that machine is starting with. Nothing else returns a value."""
+
+from __future__ import annotations
+
+import json
+
+from aerodrome.access import decide, record_denial
+from aerodrome.platform import apps as app_rules
+from aerodrome.platform import secrets as secret_rules
+from aerodrome.secrets.values import SecretValue
+from aerodrome.services import Services
+from aerodrome.store.db import Audit
+from aerodrome.store.models import Org
+from aerodrome.tokens.verify import Decision
+
+
+def unseal_for_machine(
+    services: Services,
+    credential: str,
+    app_ref: str,
+    release_number: int,
+    machine_id: str,
+    *,
+    request_id: str = "",
+) -> dict[str, SecretValue]:
+    """The values of the secret versions release `release_number` of `app_ref` carries.
+
+    `credential` must be a machine token for this app and machine (action `secrets.unseal`);
+    anything else is refused and audited. Every unseal is audited with names and versions."""
+    services.refresh_revocations()
+    verified = services.verifier.verify(credential)
+    if isinstance(verified, Decision):
+        raise record_denial(services, Audit("anonymous", request_id), verified, "secrets.unseal")
+    audit = Audit(verified.token_id, request_id)
+    with services.store.read() as session:
+        app = app_rules.get_app(session, app_ref)
+        org = session.get(Org, app.org_id)
+        if verified.kind != "machine":
+            refusal = Decision(
+                False,
+                "action_not_allowed",
+                f"a {verified.kind} token cannot unseal secrets: only a machine credential can",
+                "secrets are write-only; the runtime injects them into machines",
+            )
+            raise record_denial(services, audit, refusal, "secrets.unseal", org, app)
+        decision = decide(
+            services, session, verified, None, "secrets.unseal", org, app, machine_id=machine_id
+        )
+        if not decision.allowed:
+            raise record_denial(services, audit, decision, "secrets.unseal", org, app)
+        release = secret_rules.get_release(session, app, release_number)
+        values = secret_rules.unseal_release(session, services.keyring(session), app, release)
+        carried = json.loads(release.secret_versions)
+    with services.store.write(audit) as tx:
+        tx.audit(
+            "secrets.unseal",
+            app.id,
+            org_id=app.org_id,
+            detail={"machine": machine_id, "release": release_number, "secrets": carried},
+        )
+    return values
