@@ -68,9 +68,13 @@ class Platform:
 
 
 def start_platform(
-    data_dir: Path, port: int, extra: list[str] | None = None
+    data_dir: Path,
+    port: int,
+    extra: list[str] | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AERO_")}
+    env.update(env_extra or {})
     process = subprocess.Popen(
         [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *(extra or [])],
         env=env,

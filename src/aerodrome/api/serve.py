@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import uvicorn
 
@@ -15,14 +16,17 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4280)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = os.environ.get("AERO_LOG_LEVEL", "info").lower()
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     uvicorn.run(
         create_app(),
         host=args.host,
         port=args.port,
         loop="uvloop",
         http="httptools",
-        log_level="info",
+        log_level=level,
         server_header=False,
         proxy_headers=False,
     )

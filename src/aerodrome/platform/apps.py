@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aerodrome.errors import Conflict, NotFound
@@ -10,7 +10,7 @@ from aerodrome.ids import new_id
 from aerodrome.platform import tokens as token_records
 from aerodrome.platform.names import validate_app_name, validate_environment
 from aerodrome.store.db import Tx
-from aerodrome.store.models import App, Org, Token
+from aerodrome.store.models import App, Org, SecretVersion, Token
 
 
 def get_app(session: Session, ref: str) -> App:
@@ -49,12 +49,17 @@ def destroy_app(tx: Tx, app: App) -> list[str]:
         select(Token).where(Token.app_id == app.id, Token.revoked_at.is_(None))
     ).scalars()
     revoked = [token_records.revoke_record(tx, token).id for token in tokens]
+    # Secret versions and releases go with the app (foreign keys cascade): their sealed
+    # values and wrapped data keys are gone, not merely hidden.
+    shredded = tx.session.execute(
+        select(func.count()).select_from(SecretVersion).where(SecretVersion.app_id == app.id)
+    ).scalar_one()
     tx.session.delete(app)
     tx.changed("app", app.id, "delete")
     tx.audit(
         "app.destroy",
         app.id,
         org_id=app.org_id,
-        detail={"name": app.name, "revoked_tokens": revoked},
+        detail={"name": app.name, "revoked_tokens": revoked, "secret_versions": shredded},
     )
     return revoked
