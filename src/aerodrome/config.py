@@ -14,6 +14,7 @@ class Settings:
     data_dir: Path
     database_url: str
     root_key_file: Path
+    domain: str = "localhost"
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> Settings:
@@ -24,6 +25,7 @@ class Settings:
             data_dir=root,
             database_url=url,
             root_key_file=Path(key_file) if key_file else root / "keys" / "root.key",
+            domain=os.environ.get("AERO_DOMAIN", "localhost").lower(),
         )
 
     @property

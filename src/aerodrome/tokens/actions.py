@@ -22,6 +22,8 @@ ORG_ACTIONS: frozenset[str] = frozenset(
         "tokens.create",
         "tokens.revoke",
         "audit.read",
+        "certs.read",
+        "certs.write",
     }
 )
 # Actions on the machine a machine token was minted for.
