@@ -218,3 +218,27 @@ class Release(Base):
     description: Mapped[str] = mapped_column(String(200), nullable=False, default="")
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Upstream(Base):
+    """An address the edge routes an app's traffic to. Registered through the API until the
+    runtime registers its machines itself."""
+
+    __tablename__ = "upstreams"
+    __table_args__ = (UniqueConstraint("app_id", "address", name="uq_upstream_app_address"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(
+        ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    address: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class AppHttpConfig(Base):
+    """An app's HTTP service settings as the edge applies them (JSON, validated on write)."""
+
+    __tablename__ = "app_http_config"
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    config: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

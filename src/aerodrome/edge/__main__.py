@@ -1,0 +1,3 @@
+from aerodrome.edge.server import main
+
+main()

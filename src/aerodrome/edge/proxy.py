@@ -1,0 +1,752 @@
+"""The client side of the edge: one `EdgeProtocol` per accepted connection.
+
+HTTP/1.1 is parsed with httptools; each request is routed by Host through the current
+route table, the app's policies applied (HTTPS redirect, HSTS, CORS, forwarded headers,
+limits), and proxied to an upstream from the worker's keep-alive pool. A WebSocket upgrade
+gets its own upstream connection and becomes a byte tunnel with backpressure both ways.
+Requests on one connection are answered in order; a connection never sees another's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import httptools
+
+from aerodrome.edge.upstream import Address, UpstreamConnection
+
+if TYPE_CHECKING:
+    from aerodrome.edge.routes import Route
+    from aerodrome.edge.worker import Worker
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Headers the edge sets itself; copies from an untrusted client are dropped.
+FORWARDED = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"forwarded",
+        b"x-real-ip",
+        b"aero-client-ip",
+        b"aero-region",
+        b"aero-request-id",
+    }
+)
+STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+ACME_PREFIX = b"/.well-known/acme-challenge/"
+MAX_QUEUED = 8
+HIGH_WATER = 256 * 1024
+
+
+def status_line(status: int) -> bytes:
+    return STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
+class Exchange:
+    """One request and its response on a client connection."""
+
+    __slots__ = (
+        "body_done",
+        "body_size",
+        "chunked_in",
+        "chunks",
+        "content_length",
+        "error",
+        "header_size",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "origin",
+        "out_bytes",
+        "out_chunked",
+        "request_id",
+        "response_started",
+        "retried",
+        "route",
+        "started",
+        "status",
+        "timeout",
+        "upgrade",
+        "upstream",
+        "url",
+        "websocket",
+    )
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.url = b""
+        self.headers: Headers = []
+        self.header_size = 0
+        self.method = b""
+        self.host = b""
+        self.origin: bytes | None = None
+        self.keep_alive = True
+        self.upgrade = False
+        self.websocket = False
+        self.chunked_in = False
+        self.content_length: int | None = None
+        self.body_size = 0
+        self.body_done = False
+        self.chunks: list[bytes] = []
+        self.error: tuple[int, str] | None = None
+        self.route: Route | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.response_started = False
+        self.out_chunked = False
+        self.out_bytes = 0
+        self.status = 0
+        self.started = time.monotonic()
+        self.retried = False
+        self.timeout: asyncio.TimerHandle | None = None
+
+
+class EdgeProtocol(asyncio.Protocol):
+    def __init__(self, worker: Worker, tls: bool) -> None:
+        self.worker = worker
+        self.config = worker.config
+        self.loop = worker.loop
+        self.tls = tls
+        self.port = self.config.https_port if tls else self.config.http_port
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.sni: str | None = None
+        self.trusted_peer = False
+        self.current: Exchange | None = None  # being parsed
+        self.active: Exchange | None = None  # being answered
+        self.queue: deque[Exchange] = deque()
+        self.header_bytes = 0
+        # One lazy timer per connection: moving a deadline is an assignment; the timer
+        # re-arms itself for the remainder when it fires early.
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.deadline_kind: str | None = None
+        self.out: list[bytes] = []
+        self.tunnel: UpstreamConnection | None = None
+        self.tunnel_pending = b""
+        self.closing = False
+        self.reading_paused = False
+        self.ws_idle: float = 0.0
+        self.last_activity = 0.0
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are duck-typed
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        self.trusted_peer = self.client_ip in self.config.trusted_proxies
+        if self.tls:
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None:
+                self.sni = self.worker.tls.hostname_of(sslobj)
+                self.worker.metrics.tls_handshakes += 1
+        self.worker.metrics.open_connections += 1
+        self._deadline(self.config.header_timeout, "header")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.worker.metrics.open_connections -= 1
+        self.deadline_kind = None
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.tunnel is not None:
+            self.worker.metrics.websockets_open -= 1
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.tunnel = None
+            tunnel.close()
+            return
+        for ex in (self.active, *self.queue):
+            if ex is not None and ex.upstream is not None:
+                conn, ex.upstream = ex.upstream, None
+                conn.client = None
+                self.worker.pool.outstanding[conn.address] -= 1
+                conn.close()  # its response will never be read: never reuse it
+        self.active = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        peer = self.tunnel or (self.active.upstream if self.active else None)
+        if peer is not None and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.tunnel or (self.active.upstream if self.active else None)
+        if peer is not None and peer.transport is not None:
+            peer.transport.resume_reading()
+
+    def pause_reading_for_peer(self) -> None:
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading_for_peer(self) -> None:
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.last_activity = self.loop.time()
+            self.tunnel.send(data)
+            return
+        if self.closing:
+            return
+        self.header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.tunnel_pending = data[upgrade.args[0] :]
+        except httptools.HttpParserError as error:
+            self._refuse(400, f"malformed request: {error}".split(" (")[0])
+        else:
+            # Headers still incomplete after all this data: stop before they grow further.
+            current = self.current
+            if (
+                current is not None
+                and not current.method
+                and self.header_bytes > self.config.max_header_bytes
+            ):
+                self._refuse(431, "request headers are too large")
+        self.flush()
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._deadline(self.config.header_timeout, "header")
+        self.current = Exchange(self.worker.request_id())
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.current
+        assert ex is not None
+        ex.url += url
+        if len(ex.url) > self.config.max_header_bytes:
+            ex.error = (414, "the request URL is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.current
+        assert ex is not None
+        lower = name.lower()
+        if lower == b"host":
+            if ex.host:
+                ex.error = (400, "more than one Host header")
+            ex.host = value
+        elif lower == b"origin":
+            ex.origin = value
+        elif lower == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                ex.error = (501, "only the chunked transfer coding is supported")
+            ex.chunked_in = True
+        elif lower == b"content-length":
+            ex.content_length = int(value)
+        ex.headers.append((lower, value))
+        ex.header_size += len(name) + len(value) + 4
+        if ex.header_size > self.config.max_header_bytes:
+            ex.error = (431, "request headers are too large")
+
+    def on_headers_complete(self) -> None:
+        ex = self.current
+        assert ex is not None
+        self.deadline_kind = None
+        self.header_bytes = 0
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.keep_alive = parser.should_keep_alive()
+        ex.upgrade = parser.should_upgrade()
+        if ex.upgrade:
+            ex.websocket = any(
+                n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in ex.headers
+            )
+            if not ex.websocket:
+                ex.error = (400, "only WebSocket upgrades are supported")
+        if not ex.host and ex.error is None:
+            ex.error = (400, "the Host header is missing")
+        if ex.content_length is not None and ex.content_length > self.config.max_body_bytes:
+            ex.error = (413, f"request body is larger than {self.config.max_body_bytes} bytes")
+        self.queue.append(ex)
+        if len(self.queue) > MAX_QUEUED:
+            self.pause_reading_for_peer()
+        if self.active is None:
+            self._next()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.current
+        assert ex is not None
+        ex.body_size += len(body)
+        if ex.body_size > self.config.max_body_bytes:
+            if ex.error is None:
+                ex.error = (413, f"request body is larger than {self.config.max_body_bytes} bytes")
+            if ex is self.active and not ex.response_started:
+                self._abandon_upstream(ex)
+                self._send_error(ex, 413, ex.error[1], close=True)
+            return
+        if ex.upstream is not None:
+            ex.upstream.send(b"%x\r\n%b\r\n" % (len(body), body) if ex.chunked_in else body)
+        elif ex.error is None:
+            ex.chunks.append(body)
+            if sum(map(len, ex.chunks)) > HIGH_WATER:
+                self.pause_reading_for_peer()
+
+    def on_message_complete(self) -> None:
+        ex = self.current
+        assert ex is not None
+        ex.body_done = True
+        self.current = None
+        if ex.upstream is not None and ex.chunked_in:
+            ex.upstream.send(b"0\r\n\r\n")
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        if not self.queue or self.closing:
+            return
+        ex = self.queue.popleft()
+        self.active = ex
+        if self.reading_paused and len(self.queue) <= MAX_QUEUED:
+            self.resume_reading_for_peer()
+        self._dispatch(ex)
+
+    def _dispatch(self, ex: Exchange) -> None:
+        if ex.error is not None:
+            self._send_error(ex, ex.error[0], ex.error[1], close=True)
+            return
+        hostname = ex.host.split(b":", 1)[0].lower().decode("latin-1")
+        route = self.worker.table.routes.get(hostname)
+        if not self.tls and ex.url.startswith(ACME_PREFIX):
+            self._acme_http01(ex)
+            return
+        if self.tls and self.sni is not None and self.sni != hostname:
+            # Host must match the name the TLS connection was made for (no domain fronting).
+            self._send_error(ex, 421, "this connection was made for another hostname")
+            return
+        if route is None:
+            self._send_error(ex, 404, "no app is served at this hostname")
+            return
+        ex.route = route
+        if not self.tls and (route.service.force_https or ex.websocket):
+            # WebSockets only over TLS: a ws:// handshake is sent to wss:// (browsers
+            # reconnect to the new URL).
+            self._redirect(ex, route.https_location + ex.url)
+            return
+        if ex.origin is not None and ex.method == b"OPTIONS":
+            method = self._header(ex, b"access-control-request-method")
+            if method is not None:
+                status, headers = route.cors.preflight(
+                    ex.origin, method, self._header(ex, b"access-control-request-headers")
+                )
+                self._send_simple(ex, status, headers, b"")
+                return
+        if ex.websocket and not route.cors.websocket_origin_allowed(ex.origin):
+            self._send_error(ex, 403, "this Origin may not open a WebSocket to this app")
+            return
+        if not route.upstreams:
+            self._send_error(ex, 503, "no machine is serving this app", retry_after=True)
+            return
+        self._proxy(ex, route)
+
+    def _proxy(self, ex: Exchange, route: Route) -> None:
+        pool = self.worker.pool
+        address = pool.pick(route.upstreams)
+        hard = route.service.hard_limit
+        if hard and pool.outstanding[address] >= hard:
+            self.loop.create_task(self._queue_for_slot(ex, route))
+            return
+        pool.outstanding[address] += 1
+        conn = None if ex.websocket else pool.take_idle(address)
+        if conn is not None:
+            self._attach(ex, conn)
+        else:
+            self.loop.create_task(self._connect(ex, address))
+
+    async def _queue_for_slot(self, ex: Exchange, route: Route) -> None:
+        """Over the hard limit: wait for a free slot, then 503 with Retry-After."""
+        pool = self.worker.pool
+        deadline = self.loop.time() + self.config.queue_timeout
+        while self.loop.time() < deadline and not self.closing:
+            await asyncio.sleep(0.01)
+            address = pool.pick(route.upstreams)
+            if pool.outstanding[address] < route.service.hard_limit:
+                pool.outstanding[address] += 1
+                conn = None if ex.websocket else pool.take_idle(address)
+                if conn is not None:
+                    self._attach(ex, conn)
+                else:
+                    await self._connect(ex, address)
+                return
+        if not self.closing:
+            self._send_error(ex, 503, "the app is at its concurrency limit", retry_after=True)
+
+    async def _connect(self, ex: Exchange, address: Address) -> None:
+        try:
+            conn = await self.worker.pool.connect(address)
+        except (TimeoutError, OSError):
+            self.worker.pool.outstanding[address] -= 1
+            if ex is self.active and not self.closing:
+                self._send_error(ex, 502, "the app is not reachable")
+            return
+        if ex is not self.active or self.closing:
+            self.worker.pool.outstanding[address] -= 1
+            conn.close()
+            return
+        self._attach(ex, conn)
+
+    def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        ex.upstream = conn
+        conn.client = self
+        conn.head_request = ex.method == b"HEAD"
+        payload = [self._request_head(ex)]
+        for chunk in ex.chunks:
+            payload.append(b"%x\r\n%b\r\n" % (len(chunk), chunk) if ex.chunked_in else chunk)
+        ex.chunks.clear()
+        if ex.body_done and ex.chunked_in:
+            payload.append(b"0\r\n\r\n")
+        conn.send(payload[0] if len(payload) == 1 else b"".join(payload))
+        ex.timeout = self.loop.call_later(self.config.upstream_timeout, self._upstream_timeout, ex)
+
+    def _request_head(self, ex: Exchange) -> bytes:
+        parts = [ex.method, b" ", ex.url, b" HTTP/1.1\r\n"]
+        forwarded_for = b""
+        for name, value in ex.headers:
+            if name in HOP_BY_HOP:
+                continue
+            if name in FORWARDED:
+                if self.trusted_peer and name == b"x-forwarded-for":
+                    forwarded_for = value + b", "
+                if not self.trusted_peer or name == b"x-forwarded-for":
+                    continue
+            parts += [name, b": ", value, b"\r\n"]
+        if ex.chunked_in:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if ex.websocket:
+            parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
+        ip = self.client_ip.encode()
+        hostname = ex.host.split(b":", 1)[0]
+        parts += [
+            b"x-forwarded-for: ",
+            forwarded_for,
+            ip,
+            b"\r\nx-forwarded-proto: ",
+            b"https" if self.tls else b"http",
+            b"\r\nx-forwarded-host: ",
+            hostname,
+            b"\r\nx-forwarded-port: ",
+            str(self.port).encode(),
+            b"\r\naero-client-ip: ",
+            ip,
+            b"\r\naero-region: ",
+            self.worker.region,
+            b"\r\naero-request-id: ",
+            ex.request_id.encode(),
+            b"\r\n\r\n",
+        ]
+        return b"".join(parts)
+
+    # -- upstream callbacks -------------------------------------------------------------------
+
+    def response_head(self, conn: UpstreamConnection, status: int, headers: Headers) -> None:
+        ex = self.active
+        if ex is None or ex.upstream is not conn:
+            return
+        if ex.timeout is not None:
+            ex.timeout.cancel()
+            ex.timeout = None
+        if 100 <= status < 200 and status != 101:
+            return  # interim responses (100 Continue) are not relayed
+        ex.status = status
+        ex.response_started = True
+        parts = [status_line(status)]
+        keep = ex.keep_alive
+        has_length = False
+        for name, value in headers:
+            if name in HOP_BY_HOP:
+                continue
+            if name == b"content-length":
+                has_length = True
+            parts += [name, b": ", value, b"\r\n"]
+        bodyless = status in (204, 304) or ex.method == b"HEAD" or status < 200
+        if status == 101:
+            parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
+        elif (conn.chunked or (not has_length and not bodyless)) and ex.keep_alive:
+            ex.out_chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+            # else: close-delimited body for an HTTP/1.0 client
+        if not keep and status != 101:
+            parts.append(b"connection: close\r\n")
+        self._our_headers(ex, parts)
+        parts.append(b"\r\n")
+        self._write(b"".join(parts))
+
+    def response_body(self, body: bytes) -> None:
+        ex = self.active
+        if ex is None:
+            return
+        ex.out_bytes += len(body)
+        if ex.out_chunked:
+            self._write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self._write(body)
+
+    def response_complete(self, conn: UpstreamConnection) -> None:
+        ex = self.active
+        if ex is None or ex.upstream is not conn:
+            return
+        if ex.out_chunked:
+            self._write(b"0\r\n\r\n")
+        ex.upstream = None
+        self.worker.pool.outstanding[conn.address] -= 1
+        if not ex.body_done:
+            ex.keep_alive = False  # the app answered before reading the whole body
+        self._finish(ex)
+
+    def upstream_failed(self, conn: UpstreamConnection, status: int, message: str) -> None:
+        ex = self.active
+        if ex is None or ex.upstream is not conn:
+            return
+        ex.upstream = None
+        self.worker.pool.outstanding[conn.address] -= 1
+        if ex.timeout is not None:
+            ex.timeout.cancel()
+        if ex.response_started:
+            ex.keep_alive = False
+            self._finish(ex)  # the body was cut: the client sees the connection close
+            return
+        if (
+            conn.reused
+            and not ex.retried
+            and ex.body_size == 0
+            and ex.method in (b"GET", b"HEAD", b"OPTIONS")
+        ):
+            # An idle pooled connection the app had just closed: retry once on a new one.
+            ex.retried = True
+            route = ex.route
+            if route is not None:
+                self.worker.pool.outstanding[conn.address] += 1
+                self.loop.create_task(self._connect(ex, conn.address))
+                return
+        self._send_error(ex, status, message)
+
+    def _upstream_timeout(self, ex: Exchange) -> None:
+        if ex is not self.active or ex.upstream is None:
+            return
+        self._abandon_upstream(ex)
+        self._send_error(ex, 504, "the app did not answer in time")
+
+    def _abandon_upstream(self, ex: Exchange) -> None:
+        conn, ex.upstream = ex.upstream, None
+        if conn is not None:
+            conn.client = None
+            self.worker.pool.outstanding[conn.address] -= 1
+            conn.close()
+
+    # -- WebSocket tunnel ---------------------------------------------------------------------
+
+    def upstream_upgraded(self, conn: UpstreamConnection, leftover: bytes) -> None:
+        ex = self.active
+        if ex is None or ex.upstream is not conn or ex.status != 101:
+            conn.close()
+            return
+        self.deadline_kind = None
+        conn.client = None
+        conn.tunnel = self
+        self.tunnel = conn
+        self.worker.pool.outstanding[conn.address] -= 1
+        self.worker.metrics.websockets_open += 1
+        self.worker.metrics.websockets_total += 1
+        self._log(ex, websocket=True)
+        self.flush()  # the 101 head
+        if leftover:
+            self.tunnel_write(leftover)
+        if self.tunnel_pending:
+            conn.send(self.tunnel_pending)
+            self.tunnel_pending = b""
+        route = ex.route
+        idle = route.service.websocket_idle_timeout if route is not None else 0.0
+        if idle:
+            self.ws_idle = idle
+            self.last_activity = self.loop.time()
+            self._deadline(idle, "websocket")
+
+    def tunnel_write(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def tunnel_closed(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- edge-made responses ------------------------------------------------------------------
+
+    def _our_headers(self, ex: Exchange, parts: list[bytes]) -> None:
+        parts += [b"aero-request-id: ", ex.request_id.encode(), b"\r\n"]
+        route = ex.route
+        if route is None:
+            return
+        if self.tls and route.hsts is not None:
+            parts += [b"strict-transport-security: ", route.hsts, b"\r\n"]
+        if ex.origin is not None:
+            for name, value in route.cors.response_headers(ex.origin):
+                parts += [name, b": ", value, b"\r\n"]
+
+    def _send_simple(
+        self,
+        ex: Exchange,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        close: bool = False,
+    ) -> None:
+        ex.status = status
+        ex.response_started = True
+        if close:
+            ex.keep_alive = False
+        parts = [status_line(status)]
+        for name, value in headers:
+            parts += [name, b": ", value, b"\r\n"]
+        if body:
+            parts += [b"content-type: ", content_type, b"\r\n"]
+        parts += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
+        if not ex.keep_alive:
+            parts.append(b"connection: close\r\n")
+        self._our_headers(ex, parts)
+        parts += [b"\r\n", body]
+        self._write(b"".join(parts))
+        ex.out_bytes = len(body)
+        self._finish(ex)
+
+    def _send_error(
+        self,
+        ex: Exchange,
+        status: int,
+        message: str,
+        *,
+        close: bool = False,
+        retry_after: bool = False,
+    ) -> None:
+        code = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+        body = b'{"error": {"code": "%s", "message": "%s", "request_id": "%s"}}' % (
+            code.encode(),
+            message.replace('"', "'").encode(),
+            ex.request_id.encode(),
+        )
+        headers = [(b"retry-after", b"1")] if retry_after else []
+        self.worker.metrics.edge_errors += 1
+        self._send_simple(ex, status, headers, body, close=close)
+
+    def _redirect(self, ex: Exchange, location: bytes) -> None:
+        self._send_simple(ex, 301, [(b"location", location)], b"")
+
+    def _acme_http01(self, ex: Exchange) -> None:
+        token = ex.url[len(ACME_PREFIX) :].split(b"?", 1)[0].decode("latin-1")
+        answer = self.worker.table.http01.get(token)
+        if answer is None:
+            self._send_error(ex, 404, "no such challenge")
+        else:
+            self._send_simple(ex, 200, [], answer, content_type=b"text/plain")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request too broken to route: answer if nothing is in flight, then close."""
+        ex = self.current or Exchange(self.worker.request_id())
+        self.current = None
+        self.queue.clear()
+        if self.active is None or not self.active.response_started:
+            if self.active is not None:
+                self._abandon_upstream(self.active)
+            self.active = ex
+            self._send_error(ex, status, message, close=True)
+        elif self.transport is not None:
+            self.transport.close()
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _finish(self, ex: Exchange) -> None:
+        self.flush()
+        if ex.timeout is not None:
+            ex.timeout.cancel()
+        if self.active is ex:
+            self.active = None
+        self._log(ex)
+        if not ex.keep_alive or self.closing:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.queue:
+            self._next()
+        elif self.current is None:
+            self._deadline(self.config.idle_timeout, "idle")
+
+    def _log(self, ex: Exchange, websocket: bool = False) -> None:
+        route = ex.route
+        self.worker.record(ex, route.app if route else "-", self.client_ip, self.tls, websocket)
+
+    def _write(self, data: bytes) -> None:
+        """Queue bytes for the client; `flush` sends them as one TLS record where it can."""
+        self.out.append(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    @staticmethod
+    def _header(ex: Exchange, name: bytes) -> bytes | None:
+        for key, value in ex.headers:
+            if key == name:
+                return value
+        return None
+
+    def _deadline(self, seconds: float, kind: str) -> None:
+        self.deadline = self.loop.time() + seconds
+        self.deadline_kind = kind
+        if self.timer is None:
+            self.timer = self.loop.call_later(seconds, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        kind = self.deadline_kind
+        if kind is None or self.transport is None:
+            return
+        deadline = self.deadline
+        if kind == "websocket":
+            deadline = self.last_activity + self.ws_idle
+        remaining = deadline - self.loop.time()
+        if remaining > 0.001:
+            self.timer = self.loop.call_later(remaining, self._on_timer)
+            return
+        self.deadline_kind = None
+        if kind == "header":
+            if self.active is None and not self.queue:
+                self._refuse(408, "the request headers did not arrive in time")
+        elif kind == "idle":
+            if self.active is None and self.current is None:
+                self.transport.close()
+        else:  # an idle WebSocket past its configured timeout
+            self.transport.close()

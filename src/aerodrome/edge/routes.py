@@ -1,0 +1,118 @@
+"""The route table: compiled from the store once per revision, swapped atomically.
+
+Connections hold a reference to the table they started with only for the request at hand;
+each new request reads `RouteTable.current`. A swap never touches open connections.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aerodrome.edge.cors import CorsPolicy
+from aerodrome.platform.http_service import Cors, HttpService, parse_address, parse_http_service
+from aerodrome.store.models import App, AppHttpConfig, StoreHead, Upstream
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Process-wide settings of the edge (from `aero up` flags)."""
+
+    domain: str = "localhost"
+    https_port: int = 8443
+    http_port: int = 8080
+    region: str = "local"
+    api_upstream: tuple[str, int] | None = None
+    trusted_proxies: frozenset[str] = frozenset()
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    upstream_timeout: float = 60.0
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 100 * 1024 * 1024
+    queue_timeout: float = 10.0
+    default_hostname: str | None = None
+
+    def origin(self, hostname: str) -> str:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{hostname}{port}"
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    hostname: str
+    app: str
+    app_id: str
+    upstreams: tuple[tuple[str, int], ...]
+    service: HttpService
+    cors: CorsPolicy
+    hsts: bytes | None
+    https_location: bytes  # b"https://host[:port]", the prefix of redirects
+
+
+@dataclass(frozen=True, eq=False)
+class RouteTable:
+    revision: int
+    routes: dict[str, Route]
+    http01: dict[str, bytes] = field(default_factory=dict)
+
+
+def _route(
+    config: EdgeConfig,
+    hostname: str,
+    app: str,
+    app_id: str,
+    upstreams: tuple[tuple[str, int], ...],
+    service: HttpService,
+) -> Route:
+    own = config.origin(hostname)
+    hsts = None
+    if service.hsts_max_age:
+        value = f"max-age={service.hsts_max_age}"
+        if service.hsts_include_subdomains:
+            value += "; includeSubDomains"
+        hsts = value.encode()
+    return Route(
+        hostname=hostname,
+        app=app,
+        app_id=app_id,
+        upstreams=upstreams,
+        service=service,
+        cors=CorsPolicy(service.cors, (own,)),
+        hsts=hsts,
+        https_location=own.encode(),
+    )
+
+
+def compile_routes(
+    session: Session, config: EdgeConfig, http01: dict[str, bytes] | None = None
+) -> RouteTable:
+    """Everything a request needs, from one consistent read of the store."""
+    revision = session.execute(select(StoreHead.revision)).scalar_one()
+    services = {
+        row.app_id: parse_http_service(json.loads(row.config))
+        for row in session.execute(select(AppHttpConfig)).scalars()
+    }
+    upstreams: dict[str, list[tuple[str, int]]] = {}
+    for row in session.execute(select(Upstream).order_by(Upstream.created_at)).scalars():
+        upstreams.setdefault(row.app_id, []).append(parse_address(row.address))
+    routes: dict[str, Route] = {}
+    for app in session.execute(select(App)).scalars():
+        hostname = f"{app.name}.{config.domain}"
+        routes[hostname] = _route(
+            config,
+            hostname,
+            app.name,
+            app.id,
+            tuple(upstreams.get(app.id, ())),
+            services.get(app.id, HttpService()),
+        )
+    if config.api_upstream is not None:
+        hostname = f"api.{config.domain}"
+        api_service = HttpService(cors=Cors())
+        routes[hostname] = _route(
+            config, hostname, "api", "api", (config.api_upstream,), api_service
+        )
+    return RouteTable(revision, routes, dict(http01 or {}))

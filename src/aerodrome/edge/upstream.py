@@ -1,0 +1,222 @@
+"""Connections to upstreams: keep-alive pools for requests, dedicated ones for WebSockets.
+
+A connection goes back to the pool only when its response was read to the end and both
+sides agreed to keep it alive; anything else is closed, so a half-read response can never
+be mistaken for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from aerodrome.edge.proxy import EdgeProtocol
+
+Address = tuple[str, int]
+MAX_IDLE_PER_ADDRESS = 256
+HIGH_WATER = 256 * 1024
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_headers_done",
+        "address",
+        "chunked",
+        "client",
+        "closed",
+        "content_length",
+        "head_request",
+        "headers",
+        "keep_alive",
+        "parser",
+        "pool",
+        "reused",
+        "status",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool, address: Address) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: EdgeProtocol | None = None
+        self.tunnel: EdgeProtocol | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.closed = False
+        self.reused = False
+        self.head_request = False
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.status = 0
+        self._headers_done = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are duck-typed
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_write(data)
+            return
+        client = self.client
+        if client is None:  # bytes on an idle pooled connection: it is not usable
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+            client.flush()  # everything this read produced goes out as one write
+        except httptools.HttpParserUpgrade as upgrade:
+            client.upstream_upgraded(self, data[upgrade.args[0] :])
+        except httptools.HttpParserError:
+            self.close()
+            client.upstream_failed(self, 502, "the app sent an invalid HTTP response")
+            client.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.tunnel is not None:
+            self.tunnel.tunnel_closed()
+        elif self.client is not None:
+            client, self.client = self.client, None
+            client.upstream_failed(self, 502, "the app closed the connection")
+
+    def pause_writing(self) -> None:
+        peer = self.tunnel or self.client
+        if peer is not None:
+            peer.pause_reading_for_peer()
+
+    def resume_writing(self) -> None:
+        peer = self.tunnel or self.client
+        if peer is not None:
+            peer.resume_reading_for_peer()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self._headers_done = False
+        self.chunked = False
+        self.content_length = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            self.chunked = b"chunked" in value.lower()
+        elif lower == b"content-length":
+            self.content_length = int(value)
+        self.headers.append((lower, value))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        status = self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.parser.get_http_version() != "1.1":
+            self.keep_alive = False  # never pool an HTTP/1.0 upstream connection
+        client = self.client
+        if client is None:
+            return
+        client.response_head(self, status, self.headers)
+        if self.head_request and status >= 200:
+            # A HEAD response has no body whatever its Content-Length says: finish here and
+            # start a fresh parser for the next response on this connection.
+            self.parser = httptools.HttpResponseParser(self)
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        client = self.client
+        if client is not None:
+            client.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.status == 101:
+            return  # a switch of protocols: the connection becomes a tunnel, never pooled
+        client, self.client = self.client, None
+        if client is None:
+            return
+        reusable = self.keep_alive and not self.closed
+        client.response_complete(self)
+        if reusable:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # -- used by the client side --------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamPool:
+    """Per-worker keep-alive pools, keyed by address, with outstanding-request counts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float = 5.0) -> None:
+        self.loop = loop
+        self.connect_timeout = connect_timeout
+        self.idle: dict[Address, list[UpstreamConnection]] = defaultdict(list)
+        self.outstanding: dict[Address, int] = defaultdict(int)
+
+    def pick(self, addresses: tuple[Address, ...]) -> Address:
+        """Least outstanding requests first; ties go to the first registered."""
+        if len(addresses) == 1:
+            return addresses[0]
+        return min(addresses, key=lambda a: self.outstanding[a])
+
+    def take_idle(self, address: Address) -> UpstreamConnection | None:
+        idle = self.idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self, address: Address) -> UpstreamConnection:
+        _, protocol = await asyncio.wait_for(
+            self.loop.create_connection(lambda: UpstreamConnection(self, address), *address),
+            self.connect_timeout,
+        )
+        assert isinstance(protocol, UpstreamConnection)
+        return protocol
+
+    def release(self, conn: UpstreamConnection) -> None:
+        idle = self.idle[conn.address]
+        if len(idle) >= MAX_IDLE_PER_ADDRESS:
+            conn.close()
+        else:
+            idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self.idle.get(conn.address)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close_all(self) -> None:
+        for idle in self.idle.values():
+            for conn in idle:
+                conn.close()
+            idle.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {f"{h}:{p}": len(c) for (h, p), c in self.idle.items()}

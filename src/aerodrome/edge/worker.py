@@ -1,0 +1,214 @@
+"""One edge worker process: its own listeners (SO_REUSEPORT), event loop, pool and table.
+
+The worker follows the store: when the revision moves it compiles a new route table and
+certificate set off the event loop, then swaps them in with one assignment. Counters are
+plain integers on the hot path and are published to a small JSON file once a second for the
+metrics endpoint; access-log lines are buffered and appended in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aerodrome.edge.proxy import EdgeProtocol
+from aerodrome.edge.routes import EdgeConfig, RouteTable
+from aerodrome.edge.tls import TlsManager
+from aerodrome.edge.upstream import UpstreamPool
+from aerodrome.ids import new_id
+
+if TYPE_CHECKING:
+    from aerodrome.edge.proxy import Exchange
+
+_JSON_BOOL = {True: "true", False: "false"}
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# What a worker needs from the store each revision: (table, certificates, tls-alpn challenges).
+Snapshot = tuple[RouteTable, Mapping[str, tuple[bytes, bytes]], Mapping[str, tuple[bytes, bytes]]]
+
+
+@dataclass
+class Metrics:
+    open_connections: int = 0
+    tls_handshakes: int = 0
+    websockets_open: int = 0
+    websockets_total: int = 0
+    edge_errors: int = 0
+    requests: dict[tuple[str, int], int] = field(default_factory=dict)
+    latency: dict[str, list[float]] = field(default_factory=dict)  # app -> [bucket counts, sum]
+
+    def observe(self, app: str, status: int, seconds: float) -> None:
+        key = (app, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        buckets = self.latency.get(app)
+        if buckets is None:
+            buckets = self.latency[app] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+                break
+        else:
+            buckets[len(LATENCY_BUCKETS)] += 1
+        buckets[-1] += seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "open_connections": self.open_connections,
+            "tls_handshakes": self.tls_handshakes,
+            "websockets_open": self.websockets_open,
+            "websockets_total": self.websockets_total,
+            "edge_errors": self.edge_errors,
+            "requests": [[app, status, n] for (app, status), n in self.requests.items()],
+            "latency": self.latency,
+        }
+
+
+class AccessLog:
+    """JSON lines, appended in batches; paths without query strings, never a credential."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        if self.path is not None:
+            self.lines.append(line)
+
+    def flush(self) -> None:
+        if self.lines and self.path is not None:
+            data, self.lines = "".join(self.lines), []
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data.encode())
+            finally:
+                os.close(fd)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        loop: asyncio.AbstractEventLoop,
+        load: Callable[[], Snapshot],
+        revision: Callable[[], int],
+        *,
+        access_log: Path | None = None,
+        stats_file: Path | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self.region = config.region.encode()
+        self.tls = TlsManager(config.default_hostname)
+        self.pool = UpstreamPool(loop)
+        self.metrics = Metrics()
+        self.access_log = AccessLog(access_log)
+        self.stats_file = stats_file
+        self._load = load
+        self._revision = revision
+        self._poll_interval = poll_interval
+        self.table = RouteTable(-1, {})
+        self.servers: list[asyncio.base_events.Server] = []
+        self._requests = 0
+        self._rid_prefix = new_id("req")[4:18]
+        self._stamp_second = 0
+        self._stamp = ""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def request_id(self) -> str:
+        """Unique per platform: a random per-worker prefix and a counter (cheap per request)."""
+        self._requests += 1
+        return f"req_{self._rid_prefix}{self._requests:010x}"
+
+    def record(self, ex: Exchange, app: str, client_ip: str, tls: bool, websocket: bool) -> None:
+        elapsed = time.monotonic() - ex.started
+        self.metrics.observe(app, ex.status, elapsed)
+        if self.access_log.path is None:
+            return
+        now = int(time.time())
+        if now != self._stamp_second:
+            self._stamp_second = now
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        # Only the path can hold arbitrary text, so only it goes through the JSON encoder;
+        # the query string is dropped (it may carry credentials).
+        path = json.dumps(ex.url.split(b"?", 1)[0].decode("latin-1"))
+        method = ex.method.decode("latin-1")
+        self.access_log.add(
+            f'{{"time": "{self._stamp}", "request_id": "{ex.request_id}", "app": "{app}", '
+            f'"method": "{method}", "path": {path}, "status": {ex.status}, '
+            f'"bytes": {ex.out_bytes}, "ms": {elapsed * 1000:.3f}, "client_ip": "{client_ip}", '
+            f'"tls": {_JSON_BOOL[tls]}, "websocket": {_JSON_BOOL[websocket]}}}\n'
+        )
+
+    def apply(self, snapshot: Snapshot) -> None:
+        table, certificates, challenges = snapshot
+        self.tls.update(certificates, challenges)
+        self.table = table  # one assignment: requests after this line see the new table
+
+    async def refresh(self) -> None:
+        snapshot = await self.loop.run_in_executor(None, self._load)
+        self.apply(snapshot)
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                revision = await self.loop.run_in_executor(None, self._revision)
+                if revision != self.table.revision:
+                    await self.refresh()
+            except Exception as exc:  # the store is away: keep serving the last table
+                print(f"edge: could not refresh routes: {type(exc).__name__}", flush=True)
+
+    async def _publish(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.access_log.flush()
+            if self.stats_file is not None:
+                tmp = self.stats_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.metrics.to_json()))
+                tmp.replace(self.stats_file)
+
+    async def start(self, host: str = "0.0.0.0") -> None:  # noqa: S104 - the edge listens
+        await self.refresh()
+        for port, tls in ((self.config.https_port, True), (self.config.http_port, False)):
+            if not port:
+                continue
+            server = await self.loop.create_server(
+                lambda tls=tls: EdgeProtocol(self, tls),
+                sock=listening_socket(host, port),
+                ssl=self.tls.default if tls else None,
+                ssl_handshake_timeout=10.0 if tls else None,
+                backlog=4096,
+            )
+            self.servers.append(server)
+        self._tasks = [
+            self.loop.create_task(self._follow()),
+            self.loop.create_task(self._publish()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for server in self.servers:
+            server.close()
+        self.pool.close_all()
+        self.access_log.flush()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Every worker binds the same port; the kernel spreads new connections among them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock

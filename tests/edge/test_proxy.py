@@ -1,0 +1,399 @@
+"""The edge as a client sees it: HTTPS routing, policies, WebSockets, limits, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets.sync.client as ws_client
+from websockets.exceptions import InvalidStatus
+
+from aerodrome.platform.http_service import Cors, HttpService
+from tests.edge.support import EdgeHarness, start_edge
+
+ORIGIN_OK = "https://ok.example"
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeHarness]:
+    tmp = tmp_path_factory.mktemp("edge")
+    harness, stop = start_edge(
+        tmp, header_timeout=1.0, idle_timeout=5.0, upstream_timeout=2.0, max_body_bytes=64 * 1024
+    )
+    harness.snapshot["tmp"] = tmp
+    cors = Cors(
+        origins=(ORIGIN_OK,), methods=("GET", "POST"), headers=("x-custom",), credentials=True
+    )
+    harness.set_routes(
+        {
+            f"web.{harness.config.domain}": harness.route("web", HttpService(cors=cors)),
+            f"plain.{harness.config.domain}": harness.route(
+                "plain", HttpService(force_https=False)
+            ),
+            f"down.{harness.config.domain}": harness.route("down", upstreams=(("127.0.0.1", 1),)),
+            f"empty.{harness.config.domain}": harness.route("empty", upstreams=()),
+            f"ws.{harness.config.domain}": harness.route(
+                "ws", HttpService(cors=cors), upstreams=(harness.ws_upstream,)
+            ),
+        }
+    )
+    yield harness
+    stop()
+
+
+def host(edge: EdgeHarness, app: str) -> str:
+    return f"{app}.{edge.config.domain}"
+
+
+def tls_socket(edge: EdgeHarness, server_name: str | None) -> ssl.SSLSocket:
+    ctx = edge.ca.client_context(edge.snapshot["tmp"])
+    if server_name is None:
+        ctx.check_hostname = False
+    raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname=server_name)
+
+
+def https(
+    edge: EdgeHarness,
+    app: str,
+    path: str = "/",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    sni: str | None = "",
+) -> tuple[int, dict[str, str], bytes]:
+    name = host(edge, app)
+    conn = http.client.HTTPSConnection(name, edge.config.https_port, timeout=5)
+    conn.sock = tls_socket(edge, name if sni == "" else sni)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def plain(
+    edge: EdgeHarness, app: str, path: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", edge.config.http_port, timeout=5)
+    conn.request("GET", path, headers={"Host": host(edge, app), **(headers or {})})
+    response = conn.getresponse()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def raw_exchange(edge: EdgeHarness, data: bytes, app: str = "web", wait: float = 2.0) -> bytes:
+    sock = tls_socket(edge, host(edge, app))
+    sock.sendall(data)
+    sock.settimeout(wait)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (TimeoutError, ssl.SSLError, ConnectionResetError):
+        pass
+    sock.close()
+    return out
+
+
+def seen_by_app(body: bytes) -> dict[str, Any]:
+    data = json.loads(body)
+    data["headers"] = {k: v for k, v in data["headers"]}
+    return data
+
+
+# -- HTTPS by default ---------------------------------------------------------------------------
+
+
+def test_app_is_reached_over_https_by_name_with_hsts_and_request_id(edge: EdgeHarness) -> None:
+    status, headers, body = https(edge, "web", "/hello?q=1")
+    assert status == 200
+    assert headers["strict-transport-security"] == "max-age=31536000"
+    assert headers["aero-request-id"].startswith("req_")
+    seen = seen_by_app(body)
+    assert seen["path"] == "/hello?q=1"
+    assert seen["headers"]["aero-request-id"] == headers["aero-request-id"]
+    assert seen["headers"]["x-forwarded-proto"] == "https"
+    assert seen["headers"]["x-forwarded-host"] == host(edge, "web")
+    assert seen["headers"]["x-forwarded-port"] == str(edge.config.https_port)
+    assert seen["headers"]["aero-client-ip"] == "127.0.0.1"
+    assert seen["headers"]["aero-region"] == "local"
+
+
+def test_plain_http_is_redirected_to_https_with_the_same_url(edge: EdgeHarness) -> None:
+    status, headers, _ = plain(edge, "web", "/a/b?c=d")
+    assert status == 301
+    assert headers["location"] == f"https://{host(edge, 'web')}:{edge.config.https_port}/a/b?c=d"
+    assert "strict-transport-security" not in headers  # HSTS only over HTTPS
+
+
+def test_force_https_off_serves_plain_http(edge: EdgeHarness) -> None:
+    status, _, body = plain(edge, "plain", "/x")
+    assert status == 200 and seen_by_app(body)["headers"]["x-forwarded-proto"] == "http"
+
+
+def test_spoofed_forwarded_headers_are_dropped(edge: EdgeHarness) -> None:
+    _, _, body = https(
+        edge,
+        "web",
+        headers={
+            "X-Forwarded-For": "6.6.6.6",
+            "Aero-Client-IP": "6.6.6.6",
+            "X-Forwarded-Proto": "http",
+            "Aero-Request-Id": "req_forged",
+            "Forwarded": "for=6.6.6.6",
+        },
+    )
+    seen = seen_by_app(body)["headers"]
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["aero-client-ip"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["aero-request-id"] != "req_forged"
+    assert "forwarded" not in seen
+
+
+def test_chunked_responses_and_request_bodies_pass_through(edge: EdgeHarness) -> None:
+    status, _, body = https(edge, "web", "/chunked")
+    assert (status, body) == (200, b"hello world")
+    status, _, body = https(edge, "web", "/post", method="POST", body=b"x" * 5000)
+    assert status == 200 and seen_by_app(body)["body"] == "x" * 5000
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(edge: EdgeHarness) -> None:
+    name = host(edge, "web")
+    conn = http.client.HTTPSConnection(name, edge.config.https_port, timeout=5)
+    conn.sock = tls_socket(edge, name)
+    ids = set()
+    for i in range(20):
+        conn.request("GET", f"/n/{i}")
+        response = conn.getresponse()
+        assert seen_by_app(response.read())["path"] == f"/n/{i}"
+        ids.add(response.getheader("aero-request-id"))
+    assert len(ids) == 20
+
+
+# -- CORS ---------------------------------------------------------------------------------------
+
+
+def test_cors_preflight_is_answered_at_the_edge(edge: EdgeHarness) -> None:
+    status, headers, _ = https(
+        edge,
+        "web",
+        method="OPTIONS",
+        headers={
+            "Origin": ORIGIN_OK,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "X-Custom",
+        },
+    )
+    assert status == 204
+    assert headers["access-control-allow-origin"] == ORIGIN_OK
+    assert headers["access-control-allow-credentials"] == "true"
+    assert "POST" in headers["access-control-allow-methods"]
+    status, headers, _ = https(
+        edge,
+        "web",
+        method="OPTIONS",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert status == 403 and "access-control-allow-origin" not in headers
+
+
+def test_cors_headers_on_app_responses_and_on_edge_errors(edge: EdgeHarness) -> None:
+    _, headers, _ = https(edge, "web", headers={"Origin": ORIGIN_OK})
+    assert headers["access-control-allow-origin"] == ORIGIN_OK and headers["vary"] == "Origin"
+    _, headers, _ = https(edge, "web", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in headers
+    # The app is down: the browser must see a 502 it can read, not a CORS failure.
+    status, headers, body = https(
+        edge, "down", headers={"Origin": f"https://{host(edge, 'down')}:{edge.config.https_port}"}
+    )
+    assert status == 502 and json.loads(body)["error"]["code"] == "bad_gateway"
+    assert "access-control-allow-origin" in headers
+
+
+# -- errors and limits --------------------------------------------------------------------------
+
+
+def test_no_upstream_is_503_with_retry_after(edge: EdgeHarness) -> None:
+    status, headers, body = https(edge, "empty")
+    assert status == 503 and headers["retry-after"] == "1"
+    assert json.loads(body)["error"]["request_id"] == headers["aero-request-id"]
+
+
+def test_unknown_host_is_404_without_naming_other_apps(edge: EdgeHarness) -> None:
+    name = host(edge, "web")
+    conn = http.client.HTTPSConnection(name, edge.config.https_port, timeout=5)
+    conn.sock = tls_socket(edge, name)
+    conn.request("GET", "/", headers={"Host": "nope.example"})
+    response = conn.getresponse()
+    body = response.read()
+    # The connection was made for web.…; a request for another host on it is misdirected.
+    assert response.status == 421
+    for app in ("web", "plain", "down", "ws"):
+        assert app.encode() + b"." not in body
+    status, _, body = plain(edge, "no-such-app")
+    assert status == 404 and b"web." not in body
+
+
+def test_tls_without_sni_or_for_an_unknown_name_gets_no_handshake(edge: EdgeHarness) -> None:
+    for name in (None, "unknown.example"):
+        with pytest.raises(ssl.SSLError):
+            tls_socket(edge, name)
+    status, _, _ = https(edge, "web")  # and the edge is still fine
+    assert status == 200
+
+
+def test_oversized_headers_431_and_body_413(edge: EdgeHarness) -> None:
+    huge = "x" * (edge.config.max_header_bytes + 10)
+    reply = raw_exchange(
+        edge, f"GET / HTTP/1.1\r\nHost: {host(edge, 'web')}\r\nX-Big: {huge}\r\n\r\n".encode()
+    )
+    assert reply.startswith(b"HTTP/1.1 431")
+    status, _, _ = https(edge, "web", method="POST", body=b"y" * (edge.config.max_body_bytes + 1))
+    assert status == 413
+
+
+def test_slowloris_gets_408_and_a_close(edge: EdgeHarness) -> None:
+    sock = tls_socket(edge, host(edge, "web"))
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host(edge, 'web')}\r\n".encode())  # never finished
+    sock.settimeout(5)
+    started = time.monotonic()
+    reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 4
+    assert sock.recv(65536) == b""  # closed
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST / HTTP/1.1\r\nHost: {h}\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: {h}\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"GET / HTTP/1.1\r\nHost: {h}\r\nX-Folded: a\r\n  b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: {h}\r\nHost: other\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+    ],
+    ids=["cl-and-te", "two-cl", "folding", "bad-chunk", "te-gzip", "two-hosts", "no-host", "junk"],
+)
+def test_smuggling_and_malformed_requests_are_refused_and_closed(
+    edge: EdgeHarness, request_bytes: bytes
+) -> None:
+    data = request_bytes.replace(b"{h}", host(edge, "web").encode())
+    # A valid request follows on the same connection: it must never reach the app.
+    follow = f"GET /smuggled HTTP/1.1\r\nHost: {host(edge, 'web')}\r\n\r\n".encode()
+    reply = raw_exchange(edge, data + follow)
+    assert reply.split(b" ", 2)[1] in (b"400", b"501"), reply[:100]
+    assert b"/smuggled" not in reply
+    assert reply.count(b"HTTP/1.1 ") == 1
+
+
+def test_abrupt_disconnect_mid_body_leaves_the_worker_serving(edge: EdgeHarness) -> None:
+    for _ in range(5):
+        sock = tls_socket(edge, host(edge, "web"))
+        sock.sendall(
+            f"POST /p HTTP/1.1\r\nHost: {host(edge, 'web')}\r\nContent-Length: 1000\r\n"
+            f"\r\npartial".encode()
+        )
+        sock.close()
+    assert https(edge, "web")[0] == 200
+
+
+# -- WebSockets ---------------------------------------------------------------------------------
+
+
+def ws_connect(edge: EdgeHarness, origin: str | None) -> Any:
+    name = host(edge, "ws")
+    raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
+    return ws_client.connect(
+        f"wss://{name}:{edge.config.https_port}/socket",
+        sock=raw,
+        ssl=edge.ca.client_context(edge.snapshot["tmp"]),
+        server_hostname=name,
+        origin=origin,  # type: ignore[arg-type]
+        max_size=2**22,
+    )
+
+
+def test_websocket_echo_over_wss_with_the_apps_own_origin(edge: EdgeHarness) -> None:
+    own = f"https://{host(edge, 'ws')}:{edge.config.https_port}"
+    with ws_connect(edge, own) as ws:
+        hello = json.loads(ws.recv())
+        assert hello["path"] == "/socket"
+        assert hello["headers"]["x-forwarded-proto"] == "https"
+        for size in (64, 16 * 1024, 1024 * 1024):
+            message = "m" * size
+            ws.send(message)
+            assert ws.recv() == message
+    with ws_connect(edge, ORIGIN_OK) as ws:  # a configured CORS origin is allowed too
+        ws.recv()
+
+
+def test_websocket_from_a_foreign_origin_is_refused(edge: EdgeHarness) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(edge, "https://evil.example")
+    assert refused.value.response.status_code == 403
+
+
+def test_plain_ws_is_redirected_to_wss(edge: EdgeHarness) -> None:
+    status, headers, _ = plain(
+        edge,
+        "ws",
+        "/socket",
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    assert status == 301
+    assert headers["location"].startswith(f"https://{host(edge, 'ws')}:")
+
+
+def test_websockets_are_isolated_from_each_other(edge: EdgeHarness) -> None:
+    own = f"https://{host(edge, 'ws')}:{edge.config.https_port}"
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(ws_connect(edge, own)) for _ in range(5)]
+        for ws in sockets:
+            ws.recv()
+        for i, ws in enumerate(sockets):
+            ws.send(f"from-{i}")
+        for i, ws in enumerate(sockets):
+            assert ws.recv() == f"from-{i}"
+
+
+def test_route_change_keeps_open_websockets(edge: EdgeHarness) -> None:
+    own = f"https://{host(edge, 'ws')}:{edge.config.https_port}"
+    with ws_connect(edge, own) as ws:
+        ws.recv()
+        routes = dict(edge.worker.table.routes)
+        edge.set_routes(routes)  # a new revision, new table object
+        ws.send("still here")
+        assert ws.recv() == "still here"
+
+
+def test_access_log_has_no_query_strings_or_credentials(edge: EdgeHarness) -> None:
+    https(
+        edge,
+        "web",
+        "/logged?token=sekrit",
+        headers={"Authorization": "Bearer sekrit", "Cookie": "s=sekrit"},
+    )
+    edge.worker.access_log.flush()
+    log = (edge.snapshot["tmp"] / "access.log").read_text()
+    assert '"path": "/logged"' in log
+    assert "sekrit" not in log
+    line = json.loads(log.strip().splitlines()[-1])
+    assert line["status"] == 200 and line["app"] == "web" and line["tls"] is True
