@@ -396,3 +396,57 @@ def test_access_log_has_no_query_strings_or_credentials(edge: EdgeHarness) -> No
     assert "sekrit" not in log
     line = json.loads(log.strip().splitlines()[-1])
     assert line["status"] == 200 and line["app"] == "web" and line["tls"] is True
+
+
+def _edge_buffered_bytes(edge: EdgeHarness) -> int:
+    import gc
+
+    from aerodrome.edge.proxy import EdgeProtocol
+    from aerodrome.edge.upstream import UpstreamConnection
+
+    async def measure() -> int:
+        total = 0
+        for obj in gc.get_objects():
+            if isinstance(obj, (EdgeProtocol, UpstreamConnection)) and obj.transport is not None:
+                total += obj.transport.get_write_buffer_size()
+        return total
+
+    return int(edge.run(measure()))
+
+
+def test_a_client_that_does_not_read_cannot_grow_edge_memory(edge: EdgeHarness) -> None:
+    """Backpressure both ways: the app echoes everything back to a client that never reads;
+    the edge stops reading from each side when the other is full, so the sender blocks and
+    the edge's buffers stay small."""
+    import threading
+
+    name = host(edge, "ws")
+    sock = tls_socket(edge, name)
+    sock.sendall(
+        f"GET /socket HTTP/1.1\r\nHost: {name}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Origin: https://{name}:{edge.config.https_port}\r\n\r\n".encode()
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+    payload = b"z" * (1024 * 1024)
+    # A masked binary frame (a zero mask leaves the payload as is), sent over and over.
+    frame = b"\x82\xff" + len(payload).to_bytes(8, "big") + b"\0\0\0\0" + payload
+    sent = 0
+
+    def flood() -> None:
+        nonlocal sent
+        try:
+            while sent < 256:
+                sock.sendall(frame)
+                sent += 1
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    thread.join(4.0)
+    blocked = thread.is_alive()
+    buffered = _edge_buffered_bytes(edge)
+    sock.close()
+    assert blocked, f"sending to a client that never reads should block (sent {sent} MiB)"
+    assert buffered < 4 * 1024 * 1024, f"the edge buffered {buffered} bytes"

@@ -146,6 +146,7 @@ class EdgeProtocol(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_pending = b""
         self.closing = False
+        self.client_eof = False
         self.reading_paused = False
         self.ws_idle: float = 0.0
         self.last_activity = 0.0
@@ -186,6 +187,16 @@ class EdgeProtocol(asyncio.Protocol):
                 conn.close()  # its response will never be read: never reuse it
         self.active = None
         self.queue.clear()
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: answer what it already asked, then close."""
+        if self.tunnel is not None:
+            self.tunnel.close()
+            return None
+        self.client_eof = True
+        if self.active is not None or self.queue:
+            return True  # keep the transport open for the responses in flight
+        return None
 
     def pause_writing(self) -> None:
         peer = self.tunnel or (self.active.upstream if self.active else None)
@@ -689,7 +700,7 @@ class EdgeProtocol(asyncio.Protocol):
         if self.active is ex:
             self.active = None
         self._log(ex)
-        if not ex.keep_alive or self.closing:
+        if not ex.keep_alive or self.closing or (self.client_eof and not self.queue):
             self.closing = True
             if self.transport is not None:
                 self.transport.close()
