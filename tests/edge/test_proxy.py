@@ -267,7 +267,7 @@ def test_slowloris_gets_408_and_a_close(edge: EdgeHarness) -> None:
     started = time.monotonic()
     reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 408")
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < edge.config.header_timeout + 2
     assert sock.recv(65536) == b""  # closed
     sock.close()
 
@@ -407,7 +407,7 @@ def _edge_buffered_bytes(edge: EdgeHarness) -> int:
     async def measure() -> int:
         total = 0
         for obj in gc.get_objects():
-            if isinstance(obj, (EdgeProtocol, UpstreamConnection)) and obj.transport is not None:
+            if type(obj) in (EdgeProtocol, UpstreamConnection) and obj.transport is not None:
                 total += obj.transport.get_write_buffer_size()
         return total
 
