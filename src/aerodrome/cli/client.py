@@ -18,7 +18,17 @@ class Client:
         self.url = (url or os.environ.get("AERO_API_URL") or DEFAULT_API_URL).rstrip("/")
         self.token = token or os.environ.get("AERO_API_TOKEN") or ""
         bundle = os.environ.get("AERO_CA_BUNDLE")
-        self._http = httpx.Client(base_url=self.url, verify=bundle or True, timeout=30.0)
+        target = httpx.URL(self.url)
+        self._extensions: dict[str, Any] = {}
+        self._host_header: str | None = None
+        base = self.url
+        if target.host.endswith(".localhost"):
+            # RFC 6761: *.localhost is loopback, but not every resolver knows it. Connect to
+            # 127.0.0.1 and keep the name for SNI, certificate checks and Host.
+            base = str(target.copy_with(host="127.0.0.1"))
+            self._extensions = {"sni_hostname": target.host}
+            self._host_header = target.netloc.decode("ascii")
+        self._http = httpx.Client(base_url=base, verify=bundle or True, timeout=30.0)
 
     def __repr__(self) -> str:  # never show the token
         return f"Client(url={self.url!r})"
@@ -43,9 +53,19 @@ class Client:
                 )
             headers["authorization"] = f"Bearer {self.token}"
         clean = {k: v for k, v in (params or {}).items() if v is not None}
+        if self._host_header:
+            headers["host"] = self._host_header
         try:
-            response = self._http.request(method, path, json=json, params=clean, headers=headers)
+            response = self._http.request(
+                method, path, json=json, params=clean, headers=headers, extensions=self._extensions
+            )
         except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise AeroError(
+                    f"the certificate of {self.url} is not trusted",
+                    hint="set AERO_CA_BUNDLE to the platform's CA certificate (aero.env has it)",
+                    code="untrusted_certificate",
+                ) from exc
             raise AeroError(
                 f"cannot reach the aerodrome API at {self.url}",
                 hint="is `aero up` running? check AERO_API_URL",
