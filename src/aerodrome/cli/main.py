@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from aerodrome import __version__
-from aerodrome.cli import apps, audit, auth, keys, orgs, releases, secrets, tokens, up
+from aerodrome.cli import (
+    apps,
+    audit,
+    auth,
+    keys,
+    orgs,
+    releases,
+    secrets,
+    tokens,
+    up,
+    upstreams,
+)
 from aerodrome.cli.common import state
 from aerodrome.cli.output import fail
 from aerodrome.errors import AeroError
@@ -27,6 +38,8 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(releases.app, name="releases")
 app.add_typer(keys.app, name="keys")
+app.add_typer(upstreams.app, name="upstreams")
+app.add_typer(upstreams.http_app, name="http-service")
 app.add_typer(audit.app, name="audit")
 app.command("up")(up.up)
 

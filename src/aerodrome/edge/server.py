@@ -120,6 +120,7 @@ def run_worker(args: argparse.Namespace) -> None:
     asyncio.set_event_loop(loop)
     load, revision = static_loader(args.static, config) if args.static else store_loader(config)
     run_dir = args.run_dir
+    seed_file = run_dir / "tickets.seed" if run_dir else None
     worker = Worker(
         config,
         loop,
@@ -127,6 +128,7 @@ def run_worker(args: argparse.Namespace) -> None:
         revision,
         access_log=args.access_log,
         stats_file=run_dir / f"worker-{args.worker_index}.json" if run_dir else None,
+        ticket_seed=seed_file.read_bytes() if seed_file and seed_file.exists() else None,
     )
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -216,6 +218,12 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob("worker-*.json"):
         stale.unlink()
+    # A fresh seed for the workers' shared session-ticket keys (see edge/tickets.py).
+    seed_file = run_dir / "tickets.seed"
+    seed_file.unlink(missing_ok=True)
+    fd = os.open(seed_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.urandom(32))
     REGISTRY.register(WorkerStats(run_dir))
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host)

@@ -12,6 +12,8 @@ import os
 import ssl
 from collections.abc import Mapping
 
+from aerodrome.edge import tickets
+
 # TLS 1.2 suites: ECDHE key exchange, AEAD ciphers. TLS 1.3 suites are all AEAD already.
 TLS12_CIPHERS = ":".join(
     [
@@ -59,8 +61,12 @@ def _load_from_memory(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> 
 class TlsManager:
     """Holds the per-hostname contexts and answers the SNI callback."""
 
-    def __init__(self, default_hostname: str | None = None) -> None:
+    def __init__(
+        self, default_hostname: str | None = None, ticket_seed: bytes | None = None
+    ) -> None:
         self.default_hostname = default_hostname
+        self.ticket_seed = ticket_seed
+        self.ticket_epoch = -1
         self.default = hardened_context()
         self.default.sni_callback = self._sni
         self._contexts: dict[str, ssl.SSLContext] = {}
@@ -94,6 +100,20 @@ class TlsManager:
             alpn[hostname] = ctx
         self._contexts, self._names, self._challenges = contexts, names, alpn
         self._loaded = dict(certificates)
+        self.ticket_epoch = -1
+        self.rotate_tickets()
+
+    def rotate_tickets(self) -> None:
+        """Give every context this epoch's shared ticket keys (call it now and then)."""
+        if self.ticket_seed is None:
+            return
+        now = tickets.epoch()
+        if now == self.ticket_epoch:
+            return
+        keys = tickets.ticket_keys(self.ticket_seed, now)
+        for ctx in (self.default, *self._contexts.values()):
+            tickets.install(ctx, keys)
+        self.ticket_epoch = now
 
     def _sni(
         self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext

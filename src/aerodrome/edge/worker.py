@@ -102,11 +102,12 @@ class Worker:
         access_log: Path | None = None,
         stats_file: Path | None = None,
         poll_interval: float = 0.5,
+        ticket_seed: bytes | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
         self.region = config.region.encode()
-        self.tls = TlsManager(config.default_hostname)
+        self.tls = TlsManager(config.default_hostname, ticket_seed)
         self.pool = UpstreamPool(loop)
         self.metrics = Metrics()
         self.access_log = AccessLog(access_log)
@@ -170,6 +171,7 @@ class Worker:
         while True:
             await asyncio.sleep(1.0)
             self.access_log.flush()
+            self.tls.rotate_tickets()
             if self.stats_file is not None:
                 tmp = self.stats_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(self.metrics.to_json()))
