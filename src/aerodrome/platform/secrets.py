@@ -25,7 +25,7 @@ from aerodrome.secrets.values import SecretValue
 from aerodrome.store.db import Tx
 from aerodrome.store.models import App, KeyVersion, Release, Secret, SecretVersion, utcnow
 
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_NAME = 256
 MAX_VALUE = 64 * 1024
 MAX_TOTAL = 1024 * 1024
@@ -37,7 +37,7 @@ class SecretTooLarge(AeroError):
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME.match(name) or len(name) > MAX_NAME:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > MAX_NAME:
         shown = name if isinstance(name, str) and len(name) <= 64 else f"{str(name)[:64]}…"
         raise InvalidInput(
             f"invalid secret name {shown!r}",

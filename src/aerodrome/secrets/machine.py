@@ -33,6 +33,7 @@ def unseal_for_machine(
     if isinstance(verified, Decision):
         raise record_denial(services, Audit("anonymous", request_id), verified, "secrets.unseal")
     audit = Audit(verified.token_id, request_id)
+    refusal: Decision | None = None
     with services.store.read() as session:
         app = app_rules.get_app(session, app_ref)
         org = session.get(Org, app.org_id)
@@ -43,15 +44,25 @@ def unseal_for_machine(
                 f"a {verified.kind} token cannot unseal secrets: only a machine credential can",
                 "secrets are write-only; the runtime injects them into machines",
             )
-            raise record_denial(services, audit, refusal, "secrets.unseal", org, app)
-        decision = decide(
-            services, session, verified, None, "secrets.unseal", org, app, machine_id=machine_id
-        )
-        if not decision.allowed:
-            raise record_denial(services, audit, decision, "secrets.unseal", org, app)
-        release = secret_rules.get_release(session, app, release_number)
-        values = secret_rules.unseal_release(session, services.keyring(session), app, release)
-        carried = json.loads(release.secret_versions)
+        else:
+            decision = decide(
+                services,
+                session,
+                verified,
+                None,
+                "secrets.unseal",
+                org,
+                app,
+                machine_id=machine_id,
+            )
+            refusal = None if decision.allowed else decision
+        if refusal is None:
+            release = secret_rules.get_release(session, app, release_number)
+            values = secret_rules.unseal_release(session, services.keyring(session), app, release)
+            carried = json.loads(release.secret_versions)
+    if refusal is not None:
+        # Recorded after the read transaction ends: SQLite has one writer at a time.
+        raise record_denial(services, audit, refusal, "secrets.unseal", org, app)
     with services.store.write(audit) as tx:
         tx.audit(
             "secrets.unseal",

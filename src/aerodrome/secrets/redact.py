@@ -21,6 +21,7 @@ from aerodrome.secrets.values import SecretValue
 
 MIN_LENGTH = 4
 MASK = b"[REDACTED]"
+MAX_CARRY = 1 << 20  # a value repeated without end is masked in pieces of this size
 
 
 def _base64_forms(value: bytes) -> set[bytes]:
@@ -44,6 +45,7 @@ def encodings(value: bytes) -> set[bytes]:
     forms = {value, binascii.hexlify(value), binascii.hexlify(value).upper()}
     forms |= _base64_forms(value)
     forms.add(quote(value, safe="").encode())
+    forms.add(quote(value).encode())  # the default keeps "/" as is
     forms.add(quote_plus(value, safe="").encode())
     text = value.decode("utf-8", errors="surrogateescape")
     for ensure_ascii in (True, False):
@@ -143,10 +145,19 @@ class StreamRedactor:
             self._carry = buf
             return b""
         for start, end in spans:
-            if start < cut < end:
-                cut = end  # a match straddling the cut is emitted whole, masked
+            if start < cut <= end:
+                # A match reaching the cut may go on in the next chunk (a repeated value):
+                # hold it back whole, so it is masked once, as one span.
+                cut = start
+                break
+        if cut <= 0 and len(buf) > MAX_CARRY:
+            cut = len(buf) - (self._redactor.longest - 1)  # bound memory: mask what we have
+        if cut <= 0:
+            self._carry = buf
+            return b""
         self._carry = buf[cut:]
-        return self._redactor._apply(buf[:cut], [s for s in spans if s[1] <= cut])
+        # Clipped at the cut: only the forced case above can leave a match straddling it.
+        return self._redactor._apply(buf[:cut], [(s, min(e, cut)) for s, e in spans if s < cut])
 
     def flush(self) -> bytes:
         out, self._carry = self._redactor.redact(self._carry), b""

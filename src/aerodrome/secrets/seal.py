@@ -9,6 +9,7 @@ version, or a data key paired with the wrong KEK version, fails to open.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 from dataclasses import dataclass
@@ -57,7 +58,14 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
+    """A stored blob: nonce (12) and GCM tag (16) at least; anything else is refused."""
+    try:
+        blob = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        raise SealError("stored secret data is not valid base64") from exc
+    if len(blob) < 12 + 16:
+        raise SealError("stored secret data is truncated")
+    return blob
 
 
 def _dek_aad(context: Context, key_version: int) -> bytes:

@@ -103,6 +103,11 @@ def set_secrets(
 ) -> dict[str, Any]:
     target = caller.target.app
     assert target is not None
+    for name, value in body.values.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"the value of {name[:64]} is not valid UTF-8 text") from None
     with _values_never_in_errors(body.values):
         for name, value in body.values.items():
             if "\x00" in value:
