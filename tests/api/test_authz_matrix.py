@@ -34,8 +34,11 @@ from aerodrome.api.authz import (
     declared,
 )
 from aerodrome.api.routes.meta import PUBLIC as PUBLIC_EXTRA
+from aerodrome.platform import apps as app_rules
 from aerodrome.platform import orgs as org_rules
+from aerodrome.platform import secrets as secret_rules
 from aerodrome.platform import tokens as token_records
+from aerodrome.secrets.values import SecretValue
 from aerodrome.store.models import AuditEvent
 from aerodrome.tokens.actions import CAPABILITY_KINDS, GLOBAL_ACTIONS, ROLE_ACTIONS
 from aerodrome.tokens.mint import Scope
@@ -80,19 +83,56 @@ ROUTES: dict[tuple[str, str], Spec] = {
     ("GET", "/v1/audit/verify"): Spec("platform.audit.read", Global),
     ("GET", "/v1/changes"): Spec("platform.watch", Global),
     ("GET", "/v1/orgs/{org}/audit"): Spec("audit.read", OrgParam),
+    ("GET", "/v1/apps/{app}/secrets"): Spec("secrets.read", AppParam),
+    ("POST", "/v1/apps/{app}/secrets"): Spec("secrets.write", AppParam),
+    ("POST", "/v1/apps/{app}/secrets/unset"): Spec("secrets.write", AppParam),
+    ("POST", "/v1/apps/{app}/secrets/deploy"): Spec("secrets.write", AppParam),
+    ("GET", "/v1/apps/{app}/secrets/{name}/history"): Spec("secrets.read", AppParam),
+    ("POST", "/v1/apps/{app}/secrets/{name}/rollback"): Spec("secrets.write", AppParam),
+    ("GET", "/v1/apps/{app}/releases"): Spec("apps.read", AppParam),
+    ("GET", "/v1/keys"): Spec("platform.keys", Global),
+    ("POST", "/v1/keys/rotate"): Spec("platform.keys", Global),
+    ("POST", "/v1/keys/retire"): Spec("platform.keys", Global),
 }
 PUBLIC_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/tokens/public-key")}
 # FastAPI's own schema and docs pages: plain Starlette routes, not APIRoutes.
 DOCS_PATHS = {"/v1/openapi.json", "/v1/docs", "/v1/redoc", "/v1/docs/oauth2-redirect"}
 
-# A valid body for each route that takes one; `n` makes names unique.
-BODIES: dict[tuple[str, str], Callable[[int], dict[str, Any]]] = {
+
+def victim_secret(n: int) -> str:
+    """The secret `prepare` sets up for attempt `n` (two versions, neither deployed)."""
+    return f"VICTIM_{n}"
+
+
+# A valid body for each POST route (None: it takes none); `n` makes names unique. Routes that
+# need something to exist first get it from `prepare`.
+BODIES: dict[tuple[str, str], Callable[[int], dict[str, Any] | None]] = {
     ("POST", "/v1/orgs"): lambda n: {"slug": f"matrix-org-{n}"},
     ("POST", "/v1/orgs/{org}/members"): lambda n: {"email": f"new-{n}@matrix.test"},
     ("POST", "/v1/orgs/{org}/apps"): lambda n: {"name": f"matrix-app-{n}"},
     ("POST", "/v1/orgs/{org}/tokens"): lambda n: {"type": "readonly"},
     ("POST", "/v1/apps/{app}/tokens"): lambda n: {"type": "deploy"},
     ("POST", "/v1/tokens/{ref}/revoke"): lambda n: {},
+    # Staged, so that whatever order they run in, deploy still has changes to release.
+    ("POST", "/v1/apps/{app}/secrets"): lambda n: {
+        "values": {f"MATRIX_{n}": f"matrix-value-{n}"},
+        "stage": True,
+    },
+    ("POST", "/v1/apps/{app}/secrets/unset"): lambda n: {
+        "names": [victim_secret(n)],
+        "stage": True,
+    },
+    ("POST", "/v1/apps/{app}/secrets/deploy"): lambda n: None,
+    ("POST", "/v1/apps/{app}/secrets/{name}/rollback"): lambda n: {"to_version": 1, "stage": True},
+    ("POST", "/v1/keys/rotate"): lambda n: None,
+    ("POST", "/v1/keys/retire"): lambda n: {"below": 2},
+}
+# Routes whose valid request needs the app to hold `victim_secret(n)` with staged changes.
+NEEDS_VICTIM_SECRET = {
+    ("POST", "/v1/apps/{app}/secrets/unset"),
+    ("POST", "/v1/apps/{app}/secrets/deploy"),
+    ("GET", "/v1/apps/{app}/secrets/{name}/history"),
+    ("POST", "/v1/apps/{app}/secrets/{name}/rollback"),
 }
 
 
@@ -260,6 +300,56 @@ def _victim_member(world: World, org: str, n: int) -> str:
     return email
 
 
+def _victim_secret(world: World, app_name: str, n: int) -> str:
+    """`victim_secret(n)` in `app_name`: versions 1 and 2 with different values, not deployed,
+    so unset, history, rollback (to 1) and deploy each have real work to do."""
+    name = victim_secret(n)
+    with world.services.store.write() as tx:
+        app = app_rules.get_app(tx.session, app_name)
+        keyring = world.services.keyring(tx.session)
+        for value in (f"victim-{n}-one", f"victim-{n}-two"):
+            secret_rules.set_secrets(
+                tx, keyring, world.services.digester, app, {name: SecretValue(value.encode())}
+            )
+    return name
+
+
+def _rotated_keyring(world: World) -> None:
+    """A second key version, so that retiring below v2 is a valid request."""
+    with world.services.store.write() as tx:
+        secret_rules.rotate_keys(tx, world.services.root_secret)
+
+
+def prepare(
+    world: World, method: str, template: str, org: str | None, app: str | None, n: int
+) -> str:
+    """What must exist for attempt `n` to be a valid request; returns its URL."""
+    url = template
+    if "{org}" in url:
+        url = url.replace("{org}", str(org))
+    if "{app}" in url:
+        url = url.replace("{app}", str(app))
+    if "{email}" in url:
+        url = url.replace("{email}", _victim_member(world, str(org), n))
+    if "{ref}" in url:
+        url = url.replace("{ref}", _victim_token(world, str(org), app))
+    if (method, template) in NEEDS_VICTIM_SECRET:
+        url = url.replace("{name}", _victim_secret(world, str(app), n))
+    if (method, template) == ("POST", "/v1/keys/retire"):
+        _rotated_keyring(world)
+    assert "{" not in url, f"prepare() does not fill every parameter of {template}"
+    return url
+
+
+def _did_work(template: str) -> Callable[[httpx.Response], list[str]] | None:
+    """Deploy and rollback can succeed doing nothing; the matrix's requests must do something."""
+    if template == "/v1/apps/{app}/secrets/deploy":
+        return lambda r: [] if r.json()["release"] else [f"deploy made no release: {r.text}"]
+    if template == "/v1/apps/{app}/secrets/{name}/rollback":
+        return lambda r: [] if r.json()["secret"]["changed"] else [f"no rollback: {r.text}"]
+    return None
+
+
 def _victim_token(world: World, org: str, app: str | None) -> str:
     scope = Scope("readonly", org_id=world.ids[f"{org}.org"])
     if app is not None:
@@ -302,19 +392,13 @@ def attempts_for(world: World, holder: Holder) -> list[Attempt]:
             targets = [(org, app) for org in ORGS for app in (None, f"{org}-web")]
         for org, app in targets:
             n = next(counter)
-            url = template
-            if "{org}" in url:
-                url = url.replace("{org}", str(org))
-            if "{app}" in url:
-                url = url.replace("{app}", str(app))
-            if "{email}" in url:
-                url = url.replace("{email}", _victim_member(world, str(org), n))
-            if "{ref}" in url:
-                url = url.replace("{ref}", _victim_token(world, str(org), app))
+            url = prepare(world, method, template, org, app, n)
             body = BODIES[(method, template)](n) if method == "POST" else None
             attempt = Attempt(method, template, url, org, app, body)
             if url in ("/v1/orgs", "/v1/apps") and method == "GET":
                 attempt.check = _listing_check(holder, url)
+            else:
+                attempt.check = _did_work(template)
             out.append(attempt)
     # Reads first (listings see the world as built), then writes; destroying apps comes last.
     rank = {"GET": 0, "POST": 1, "DELETE": 2}
@@ -436,6 +520,7 @@ def test_every_route_refuses_a_request_without_a_token(world: World) -> None:
             .replace("{app}", "acme-web")
             .replace("{email}", "member@acme.test")
             .replace("{ref}", "tok_unknown")
+            .replace("{name}", victim_secret(0))
         )
         body = BODIES[(method, template)](0) if method == "POST" else None
         before = world.services.store.revision()
