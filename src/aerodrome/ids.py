@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import secrets
 
-PREFIXES = frozenset({"usr", "org", "mem", "app", "tok", "mch", "req", "sec", "sev", "rel"})
+PREFIXES = frozenset(
+    {"usr", "org", "mem", "app", "tok", "mch", "req", "sec", "sev", "rel", "crt", "acc", "chl"}
+)
 
 
 def new_id(prefix: str) -> str:
