@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aerodrome import __version__
 from aerodrome.api.authz import Requires, declared
-from aerodrome.api.routes import apps, audit, auth, meta, orgs, secrets, tokens
+from aerodrome.api.routes import apps, audit, auth, certs, meta, orgs, secrets, tokens
 from aerodrome.config import Settings
 from aerodrome.errors import AeroError
 from aerodrome.ids import new_id
@@ -33,6 +33,7 @@ ROUTERS = (
     apps.router,
     tokens.router,
     secrets.router,
+    certs.router,
     audit.router,
 )
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from aerodrome import __version__
-from aerodrome.cli import apps, audit, auth, keys, orgs, releases, secrets, tokens, up
+from aerodrome.cli import apps, audit, auth, certs, keys, orgs, releases, secrets, tokens, up
 from aerodrome.cli.common import state
 from aerodrome.cli.output import fail
 from aerodrome.errors import AeroError
@@ -26,6 +26,7 @@ app.add_typer(apps.app, name="apps")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(releases.app, name="releases")
+app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.command("up")(up.up)
