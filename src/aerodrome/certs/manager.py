@@ -208,7 +208,11 @@ def main() -> None:
     level = os.environ.get("AERO_LOG_LEVEL", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
-    certs_settings = CertsSettings.from_env()
+    try:
+        certs_settings = CertsSettings.from_env()
+    except AeroError as error:
+        log.error("%s (%s)", error.message, error.hint)
+        raise SystemExit(2) from None
     services = Services.open(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -225,6 +229,9 @@ def main() -> None:
             ca.root_path,
         )
         CertManager(services, issuer, settings.domain).run(stop)
+    except AeroError as error:  # e.g. a local CA made with another root key
+        log.error("%s (%s)", error.message, error.hint)
+        raise SystemExit(2) from None
     finally:
         services.close()
 
