@@ -107,6 +107,12 @@ def test_certs_commands_and_the_manager(platform: Platform) -> None:
     finally:
         services.close()
     assert {"web.localhost", "www.example.com", "api.localhost"} <= set(certs)
+    # No key in any file of the data directory (database, logs, CA), in any form.
+    files = b"".join(p.read_bytes() for p in platform.data_dir.rglob("*") if p.is_file())
+    assert b"PRIVATE KEY" not in files
+    for _, key in certs.values():
+        body = b"".join(line for line in key.splitlines() if not line.startswith(b"-----"))
+        assert body not in files and body[:64] not in files
     assert "shop.example.com" not in certs
     contexts = {name: server_context(*pair) for name, pair in certs.items()}
     default = contexts["web.localhost"]
