@@ -33,6 +33,11 @@ class Settings:
         return self.data_dir / "keys"
 
     @property
+    def ca_dir(self) -> Path:
+        """The local certificate authority: `root.pem` is what clients trust."""
+        return self.data_dir / "ca"
+
+    @property
     def checkpoint_file(self) -> Path:
         """Signed audit checkpoints, kept outside the database so a database rewrite shows."""
         return self.data_dir / "audit" / "checkpoints.jsonl"

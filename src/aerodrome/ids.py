@@ -5,7 +5,24 @@ from __future__ import annotations
 import base64
 import secrets
 
-PREFIXES = frozenset({"usr", "org", "mem", "app", "tok", "mch", "req", "sec", "sev", "rel", "ups"})
+PREFIXES = frozenset(
+    {
+        "usr",
+        "org",
+        "mem",
+        "app",
+        "tok",
+        "mch",
+        "req",
+        "sec",
+        "sev",
+        "rel",
+        "ups",
+        "crt",
+        "acc",
+        "chl",
+    }
+)
 
 
 def new_id(prefix: str) -> str:

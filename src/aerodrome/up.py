@@ -235,3 +235,12 @@ def api_component(settings: Settings, host: str, port: int) -> Component:
         ready_url=f"http://{host}:{port}/v1/health",
         env={"AERO_DATA_DIR": str(settings.data_dir), "AERO_DATABASE_URL": settings.database_url},
     )
+
+
+def certs_component(settings: Settings) -> Component:
+    """The certificate manager: a certificate for every claimed hostname (no ready URL)."""
+    return Component(
+        name="certs",
+        argv=[sys.executable, "-m", "aerodrome.certs.manager"],
+        env={"AERO_DATA_DIR": str(settings.data_dir), "AERO_DATABASE_URL": settings.database_url},
+    )

@@ -34,6 +34,7 @@ from aerodrome.api.authz import (
     declared,
 )
 from aerodrome.api.routes.meta import PUBLIC as PUBLIC_EXTRA
+from aerodrome.certs import store as cert_store
 from aerodrome.platform import apps as app_rules
 from aerodrome.platform import http_service as http_rules
 from aerodrome.platform import orgs as org_rules
@@ -99,6 +100,10 @@ ROUTES: dict[tuple[str, str], Spec] = {
     ("GET", "/v1/apps/{app}/upstreams"): Spec("machines.read", AppParam),
     ("POST", "/v1/apps/{app}/upstreams"): Spec("machines.write", AppParam),
     ("DELETE", "/v1/apps/{app}/upstreams/{upstream_id}"): Spec("machines.write", AppParam),
+    ("GET", "/v1/apps/{app}/certs"): Spec("certs.read", AppParam),
+    ("POST", "/v1/apps/{app}/certs"): Spec("certs.write", AppParam),
+    ("GET", "/v1/apps/{app}/certs/{hostname}"): Spec("certs.read", AppParam),
+    ("DELETE", "/v1/apps/{app}/certs/{hostname}"): Spec("certs.write", AppParam),
 }
 PUBLIC_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/tokens/public-key")}
 # FastAPI's own schema and docs pages: plain Starlette routes, not APIRoutes.
@@ -134,6 +139,7 @@ BODIES: dict[tuple[str, str], Callable[[int], dict[str, Any] | None]] = {
     ("POST", "/v1/keys/retire"): lambda n: {"below": 2},
     ("PUT", "/v1/apps/{app}/http-service"): lambda n: {"force_https": n % 2 == 0},
     ("POST", "/v1/apps/{app}/upstreams"): lambda n: {"address": f"10.0.0.1:{1000 + n}"},
+    ("POST", "/v1/apps/{app}/certs"): lambda n: {"hostname": f"matrix-{n}.example.com"},
 }
 SENDS_BODY = ("POST", "PUT")
 # Routes whose valid request needs the app to hold `victim_secret(n)` with staged changes.
@@ -329,6 +335,15 @@ def _victim_upstream(world: World, app_name: str, n: int) -> str:
         return http_rules.add_upstream(tx, app, f"10.9.9.9:{1000 + n}").id
 
 
+def _victim_hostname(world: World, app_name: str, n: int) -> str:
+    """A custom hostname of `app_name`, for the routes that show or remove one."""
+    hostname = f"victim-{n}.example.com"
+    with world.services.store.write() as tx:
+        app = app_rules.get_app(tx.session, app_name)
+        cert_store.add_custom(tx, app, hostname, world.services.settings.domain, "local")
+    return hostname
+
+
 def _rotated_keyring(world: World) -> None:
     """A second key version, so that retiring below v2 is a valid request."""
     with world.services.store.write() as tx:
@@ -352,6 +367,8 @@ def prepare(
         url = url.replace("{upstream_id}", _victim_upstream(world, str(app), n))
     if (method, template) in NEEDS_VICTIM_SECRET:
         url = url.replace("{name}", _victim_secret(world, str(app), n))
+    if "{hostname}" in url:
+        url = url.replace("{hostname}", _victim_hostname(world, str(app), n))
     if (method, template) == ("POST", "/v1/keys/retire"):
         _rotated_keyring(world)
     assert "{" not in url, f"prepare() does not fill every parameter of {template}"
@@ -539,6 +556,7 @@ def test_every_route_refuses_a_request_without_a_token(world: World) -> None:
             .replace("{ref}", "tok_unknown")
             .replace("{name}", victim_secret(0))
             .replace("{upstream_id}", "ups_unknown")
+            .replace("{hostname}", "victim.example.com")
         )
         body = BODIES[(method, template)](0) if method in SENDS_BODY else None
         before = world.services.store.revision()

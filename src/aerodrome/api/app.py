@@ -16,7 +16,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aerodrome import __version__
 from aerodrome.api.authz import Requires, declared
-from aerodrome.api.routes import apps, audit, auth, http_service, meta, orgs, secrets, tokens
+from aerodrome.api.routes import (
+    apps,
+    audit,
+    auth,
+    certs,
+    http_service,
+    meta,
+    orgs,
+    secrets,
+    tokens,
+)
 from aerodrome.config import Settings
 from aerodrome.errors import AeroError
 from aerodrome.ids import new_id
@@ -34,6 +44,7 @@ ROUTERS = (
     tokens.router,
     secrets.router,
     http_service.router,
+    certs.router,
     audit.router,
 )
 

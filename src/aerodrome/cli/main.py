@@ -12,6 +12,7 @@ from aerodrome.cli import (
     apps,
     audit,
     auth,
+    certs,
     keys,
     orgs,
     releases,
@@ -37,6 +38,7 @@ app.add_typer(apps.app, name="apps")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(releases.app, name="releases")
+app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(upstreams.app, name="upstreams")
 app.add_typer(upstreams.http_app, name="http-service")

@@ -17,6 +17,7 @@ from aerodrome.up import (
     Supervisor,
     api_component,
     bootstrap,
+    certs_component,
     port_free,
     write_env_file,
 )
@@ -33,7 +34,7 @@ def up(
     ] = "admin@localhost",
     json_mode: JsonFlag = False,
 ) -> None:
-    """Start the platform (API now; edge and agent join later) and keep it running."""
+    """Start the platform (API and certificate manager; edge and agent join later)."""
     os.umask(0o077)  # everything the platform writes under the data directory is private
     settings = Settings.from_env(data_dir)
     if not port_free(host, api_port):
@@ -53,7 +54,7 @@ def up(
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(
-        [api_component(settings, host, api_port)],
+        [api_component(settings, host, api_port), certs_component(settings)],
         log_dir,
         say=lambda line: console.print(line, highlight=False),
     )
@@ -75,6 +76,7 @@ def up(
         "admin": boot.admin_email,
         "new_token": boot.new_token,
         "logs": str(log_dir),
+        "ca_root": str(settings.ca_dir / "root.pem"),
     }
     if json_mode:
         emit_json(info)
@@ -83,6 +85,7 @@ def up(
         console.print(f"  data      {settings.data_dir} ({info['database']})", highlight=False)
         console.print(f"  admin     {boot.admin_email}", highlight=False)
         console.print(f"  logs      {log_dir}", highlight=False)
+        console.print(f"  local CA  {info['ca_root']}", highlight=False)
         console.print(f"  configure a shell:  set -a; . {env_file}; set +a", highlight=False)
         console.print("  stop with Ctrl-C", style="dim")
     write_env_file(env_file, api_url, boot.token, public_key)

@@ -10,7 +10,7 @@ from aerodrome.ids import new_id
 from aerodrome.platform import tokens as token_records
 from aerodrome.platform.names import validate_app_name, validate_environment
 from aerodrome.store.db import Tx
-from aerodrome.store.models import App, Org, SecretVersion, Token
+from aerodrome.store.models import App, Certificate, Org, SecretVersion, Token
 
 
 def get_app(session: Session, ref: str) -> App:
@@ -54,12 +54,23 @@ def destroy_app(tx: Tx, app: App) -> list[str]:
     shredded = tx.session.execute(
         select(func.count()).select_from(SecretVersion).where(SecretVersion.app_id == app.id)
     ).scalar_one()
+    # So do its certificates (and their sealed keys): the edge stops serving them.
+    certificates = list(
+        tx.session.execute(
+            select(Certificate.hostname).where(Certificate.app_id == app.id)
+        ).scalars()
+    )
     tx.session.delete(app)
     tx.changed("app", app.id, "delete")
     tx.audit(
         "app.destroy",
         app.id,
         org_id=app.org_id,
-        detail={"name": app.name, "revoked_tokens": revoked, "secret_versions": shredded},
+        detail={
+            "name": app.name,
+            "revoked_tokens": revoked,
+            "secret_versions": shredded,
+            "certificates": sorted(certificates),
+        },
     )
     return revoked

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
+from aerodrome.certs import store as cert_store
 from aerodrome.errors import AeroError, Conflict, InvalidInput, NotFound
 from aerodrome.ids import new_id
 from aerodrome.keyfiles import RootSecret
@@ -72,10 +73,16 @@ class KeyVersionInfo:
 
 
 def list_key_versions(session: Session) -> list[KeyVersionInfo]:
+    """Each key version, and how many data keys it wraps: secret values, certificate keys,
+    ACME account and challenge keys."""
     counts: dict[int, int] = {}
-    for (wrapped_key,) in session.execute(
-        select(SecretVersion.wrapped_key).where(SecretVersion.wrapped_key.is_not(None))
-    ):
+    wrapped = [
+        w
+        for (w,) in session.execute(
+            select(SecretVersion.wrapped_key).where(SecretVersion.wrapped_key.is_not(None))
+        )
+    ]
+    for wrapped_key in [*wrapped, *cert_store.wrapped_keys(session)]:
         version = Sealed("", wrapped_key).key_version
         counts[version] = counts.get(version, 0) + 1
     rows = list(session.execute(select(KeyVersion).order_by(KeyVersion.version)).scalars())
@@ -92,7 +99,8 @@ def list_key_versions(session: Session) -> list[KeyVersionInfo]:
 
 
 def rotate_keys(tx: Tx, root: RootSecret) -> tuple[int, int]:
-    """Add a key version and re-wrap every data key under it. No value is decrypted.
+    """Add a key version and re-wrap every data key under it (secret values, certificate
+    keys, ACME account and challenge keys). Nothing is decrypted but the data keys.
 
     Returns (new version, data keys re-wrapped)."""
     newest = tx.session.execute(select(func.max(KeyVersion.version))).scalar_one() or 0
@@ -110,6 +118,7 @@ def rotate_keys(tx: Tx, root: RootSecret) -> tuple[int, int]:
         context = Context(org_id, row.app_id, row.name, row.version)
         row.wrapped_key = rewrap(keyring, context, row.wrapped_key or "")
         count += 1
+    count += cert_store.rewrap_keys(tx.session, keyring)
     tx.changed("keyring", f"v{version}", "rotate")
     tx.audit("keys.rotate", "keyring", detail={"version": version, "rewrapped": count})
     return version, count

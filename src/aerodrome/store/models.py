@@ -242,3 +242,65 @@ class AppHttpConfig(Base):
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
     config: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Certificate(Base):
+    """A TLS certificate the edge serves for one hostname: what claims it, who issues it, where
+    it stands, and (once issued) the chain and the private key sealed with the keyring."""
+
+    __tablename__ = "certificates"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
+    app_id: Mapped[str | None] = mapped_column(
+        ForeignKey("apps.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    issuer: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    reason: Mapped[str] = mapped_column(String(500), nullable=False, default="")
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    chain_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_ciphertext: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_wrapped: Mapped[str | None] = mapped_column(Text, nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    renew_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class AcmeAccount(Base):
+    """The platform's account at one ACME directory; its key sealed with the keyring."""
+
+    __tablename__ = "acme_accounts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    directory_url: Mapped[str] = mapped_column(String(500), unique=True, nullable=False)
+    uri: Mapped[str] = mapped_column(String(500), nullable=False, default="")
+    email: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    key_ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
+    key_wrapped: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class AcmeChallenge(Base):
+    """A challenge the ACME issuer waits on and the edge answers: HTTP-01 (token → key
+    authorization) or TLS-ALPN-01 (hostname → RFC 8737 certificate, its key sealed)."""
+
+    __tablename__ = "acme_challenges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    certificate_id: Mapped[str] = mapped_column(
+        ForeignKey("certificates.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    hostname: Mapped[str] = mapped_column(String(253), nullable=False, index=True)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    token: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    key_authorization: Mapped[str] = mapped_column(Text, nullable=False)
+    cert_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_ciphertext: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_wrapped: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -1,7 +1,7 @@
 """edge upstreams and http config
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-30 10:14:20.598919
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import aerodrome.store.models
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
