@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ class Component:
     name: str
     argv: list[str]
     ready_url: str | None = None
+    ready_any_status: bool = False  # any HTTP answer means ready (the edge: 404 for no host)
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
@@ -129,7 +131,9 @@ def _read_env(path: Path) -> dict[str, str]:
     return out
 
 
-def write_env_file(path: Path, api_url: str, token: str, public_key: str) -> None:
+def write_env_file(
+    path: Path, api_url: str, token: str, public_key: str, ca_bundle: Path | None = None
+) -> None:
     """The client settings, mode 0600; written only once the platform answers, so its
     presence means "ready"."""
     lines = [
@@ -138,9 +142,8 @@ def write_env_file(path: Path, api_url: str, token: str, public_key: str) -> Non
         f"AERO_API_TOKEN={token}",
         f"AERO_TOKEN_PUBLIC_KEY={public_key}",
     ]
-    ca = os.environ.get("AERO_CA_BUNDLE")
-    if ca:
-        lines.append(f"AERO_CA_BUNDLE={ca}")
+    if ca_bundle is not None:
+        lines.append(f"AERO_CA_BUNDLE={ca_bundle}")
     write_private_text(path, "\n".join(lines) + "\n")
 
 
@@ -187,7 +190,8 @@ class Supervisor:
                     code="start_failed",
                 )
             try:
-                if httpx.get(component.ready_url or "", timeout=1.0).status_code == 200:
+                status = httpx.get(component.ready_url or "", timeout=1.0).status_code
+                if status == 200 or component.ready_any_status:
                     return
             except httpx.HTTPError:
                 pass
@@ -233,7 +237,7 @@ def api_component(settings: Settings, host: str, port: int) -> Component:
         name="api",
         argv=[sys.executable, "-m", "aerodrome.api.serve", "--host", host, "--port", str(port)],
         ready_url=f"http://{host}:{port}/v1/health",
-        env={"AERO_DATA_DIR": str(settings.data_dir), "AERO_DATABASE_URL": settings.database_url},
+        env=_component_env(settings),
     )
 
 
@@ -242,5 +246,69 @@ def certs_component(settings: Settings) -> Component:
     return Component(
         name="certs",
         argv=[sys.executable, "-m", "aerodrome.certs.manager"],
-        env={"AERO_DATA_DIR": str(settings.data_dir), "AERO_DATABASE_URL": settings.database_url},
+        env=_component_env(settings),
     )
+
+
+@dataclass(frozen=True)
+class EdgePorts:
+    host: str = "127.0.0.1"
+    https: int = 8443
+    http: int = 8080
+    metrics: int = 9464
+    workers: int = 0  # 0: one per core
+
+
+def edge_component(settings: Settings, ports: EdgePorts, api: tuple[str, int]) -> Component:
+    """The edge: HTTPS for every app at APP.DOMAIN and the API at api.DOMAIN."""
+    run_dir = settings.data_dir / "run" / "edge"
+    argv = [
+        sys.executable, "-m", "aerodrome.edge",
+        "--host", ports.host,
+        "--https-port", str(ports.https),
+        "--http-port", str(ports.http),
+        "--metrics-port", str(ports.metrics),
+        "--domain", settings.domain,
+        "--api-upstream", f"{api[0]}:{api[1]}",
+        "--run-dir", str(run_dir),
+        "--access-log", str(settings.data_dir / "logs" / "edge-access.log"),
+    ]  # fmt: skip
+    if ports.workers:
+        argv += ["--workers", str(ports.workers)]
+    return Component(
+        name="edge",
+        argv=argv,
+        ready_url=f"http://{ports.host}:{ports.http}/",
+        ready_any_status=True,
+        env=_component_env(settings),
+    )
+
+
+def _component_env(settings: Settings) -> dict[str, str]:
+    return {
+        "AERO_DATA_DIR": str(settings.data_dir),
+        "AERO_DATABASE_URL": settings.database_url,
+        "AERO_DOMAIN": settings.domain,
+    }
+
+
+def wait_for_https(url_host: str, port: int, ca_file: Path | None, timeout: float = 60.0) -> bool:
+    """True once `https://url_host:port/v1/health` answers 200 through the edge with a
+    certificate `ca_file` (None: the system's roots) vouches for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ca_file is None or ca_file.exists():
+            try:
+                trust = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+                with httpx.Client(verify=trust, timeout=2.0) as client:
+                    response = client.get(
+                        f"https://127.0.0.1:{port}/v1/health",
+                        headers={"host": f"{url_host}:{port}"},
+                        extensions={"sni_hostname": url_host},
+                    )
+                if response.status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    return False

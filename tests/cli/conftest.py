@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from tests.certs.conftest import pebble  # noqa: F401  (the fixture, for test_edge_e2e)
 
 AERO = [sys.executable, "-m", "aerodrome.cli.main"]
 
@@ -75,28 +76,38 @@ def start_platform(
 ) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AERO_")}
     env.update(env_extra or {})
+    edge = [
+        "--https-port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--edge-workers",
+        "1",
+    ]
+    if extra and "--https-port" in extra:
+        edge = []
     process = subprocess.Popen(
-        [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *(extra or [])],
+        [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *edge, *(extra or [])],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 60
+    started = time.time() - 1
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(
                 f"aero up exited: {process.stdout.read() if process.stdout else ''}"
             )
-        if (data_dir / "aero.env").exists():
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
+        env_file = data_dir / "aero.env"
+        if env_file.exists() and env_file.stat().st_mtime >= started:  # once everything answers
+            return process
         time.sleep(0.2)
     process.kill()
-    raise AssertionError("aero up did not become ready in 60 s")
+    raise AssertionError("aero up did not become ready in 90 s")
 
 
 def stop_platform(process: subprocess.Popen[str]) -> str:

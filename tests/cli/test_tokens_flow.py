@@ -113,4 +113,5 @@ def test_secrets_of_the_platform_stay_private(platform: Platform) -> None:
     ):
         assert path.stat().st_mode & 0o077 == 0, path
     env = (platform.data_dir / "aero.env").read_text()
-    assert "AERO_API_URL=http://127.0.0.1:" in env and "AERO_API_TOKEN=aero1_" in env
+    assert "AERO_API_URL=https://api.localhost:" in env and "AERO_API_TOKEN=aero1_" in env
+    assert f"AERO_CA_BUNDLE={platform.data_dir / 'ca' / 'root.pem'}" in env

@@ -13,7 +13,11 @@ from tests.cli.conftest import AERO, free_port, read_env, start_platform, stop_p
 
 
 def _api_children(data_dir: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "aerodrome.api.serve"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgrep", "-f", "aerodrome.api.serve|aerodrome.edge|aerodrome.certs.manager"],
+        capture_output=True,
+        text=True,
+    )
     pids = []
     for pid in out.stdout.split():
         try:
@@ -30,7 +34,7 @@ def test_second_run_reuses_state_and_sigterm_stops_everything(tmp_path: Path) ->
     port = free_port()
     first = start_platform(data_dir, port)
     token = read_env(data_dir / "aero.env")["AERO_API_TOKEN"]
-    assert _api_children(data_dir), "the API should run as a child process"
+    assert len(_api_children(data_dir)) >= 4, "API, certificate manager, edge and its worker"
     output = stop_platform(first)
     assert first.returncode == 0
     assert "aerodrome is up" in output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 from typing import Any
 
@@ -28,7 +29,10 @@ class Client:
             base = str(target.copy_with(host="127.0.0.1"))
             self._extensions = {"sni_hostname": target.host}
             self._host_header = target.netloc.decode("ascii")
-        self._http = httpx.Client(base_url=base, verify=bundle or True, timeout=30.0)
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=bundle) if bundle else True
+        )
+        self._http = httpx.Client(base_url=base, verify=verify, timeout=30.0)
 
     def __repr__(self) -> str:  # never show the token
         return f"Client(url={self.url!r})"
