@@ -76,3 +76,15 @@ def test_settings_and_upstreams_reach_the_route_table(world: World) -> None:
     assert route.cors.origin_allowed(b"https://acme-web.example.test:8443")  # its own origin
     assert not route.cors.origin_allowed(b"https://evil.example")
     assert "globex-web.example.test" in table.routes
+
+
+def test_a_custom_domain_routes_to_the_app_that_claimed_it(world: World) -> None:
+    admin = world.tokens["acme.admin"]
+    assert world.call(
+        "POST", "/v1/apps/acme-web/certs", admin, json={"hostname": "www.acme-shop.example"}
+    ).status_code in (200, 201)
+    with world.services.store.read() as session:
+        table = compile_routes(session, EdgeConfig(domain="example.test"))
+    route = table.routes["www.acme-shop.example"]
+    assert route.app == "acme-web"
+    assert route.cors.origin_allowed(b"https://www.acme-shop.example:8443")

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from aerodrome.edge.cors import CorsPolicy
 from aerodrome.platform.http_service import Cors, HttpService, parse_address, parse_http_service
-from aerodrome.store.models import App, AppHttpConfig, StoreHead, Upstream
+from aerodrome.store.models import App, AppHttpConfig, Certificate, StoreHead, Upstream
 
 
 @dataclass(frozen=True)
@@ -99,20 +99,27 @@ def compile_routes(
     for row in session.execute(select(Upstream).order_by(Upstream.created_at)).scalars():
         upstreams.setdefault(row.app_id, []).append(parse_address(row.address))
     routes: dict[str, Route] = {}
-    for app in session.execute(select(App)).scalars():
-        hostname = f"{app.name}.{config.domain}"
-        routes[hostname] = _route(
-            config,
-            hostname,
-            app.name,
-            app.id,
-            tuple(upstreams.get(app.id, ())),
-            services.get(app.id, HttpService()),
-        )
     if config.api_upstream is not None:
         hostname = f"api.{config.domain}"
-        api_service = HttpService(cors=Cors())
         routes[hostname] = _route(
-            config, hostname, "api", "api", (config.api_upstream,), api_service
+            config, hostname, "api", "api", (config.api_upstream,), HttpService(cors=Cors())
         )
+    apps = {app.id: app for app in session.execute(select(App)).scalars()}
+    named = [(f"{app.name}.{config.domain}", app) for app in apps.values()]
+    # Custom domains (`aero certs add`) reach the app that claimed them; the platform's own
+    # names come first and are never taken over.
+    custom = session.execute(
+        select(Certificate.hostname, Certificate.app_id).where(Certificate.kind == "custom")
+    )
+    named += [(hostname, apps[app_id]) for hostname, app_id in custom if app_id in apps]
+    for hostname, app in named:
+        if hostname not in routes:
+            routes[hostname] = _route(
+                config,
+                hostname,
+                app.name,
+                app.id,
+                tuple(upstreams.get(app.id, ())),
+                services.get(app.id, HttpService()),
+            )
     return RouteTable(revision, routes, dict(http01 or {}))
