@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the import-path fix below must run before the imports)
 """Benchmark: aerodrome token verify+authorize against a PyJWT EdDSA reference, in one run.
 
     .venv/bin/python bench/tokens.py [--iterations N] [--rounds R] [--json]
@@ -24,13 +25,18 @@ over rounds. Token minting happens before any timing and is not measured.
 
 from __future__ import annotations
 
+import sys
+
+# `bench/` holds a file named like the standard library's `secrets`: keep this folder off
+# the import path.
+sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0])]
+
 import argparse
 import gc
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
