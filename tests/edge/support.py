@@ -117,6 +117,8 @@ class EchoApp(asyncio.Protocol):
                 f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode()
             )
             return
+        if path == "/hang":
+            return  # never answers: the edge's upstream timeout must
         if path == "/chunked":
             self.transport.write(  # type: ignore[attr-defined]
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

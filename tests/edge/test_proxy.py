@@ -221,6 +221,15 @@ def test_cors_headers_on_app_responses_and_on_edge_errors(edge: EdgeHarness) -> 
 # -- errors and limits --------------------------------------------------------------------------
 
 
+def test_an_app_that_never_answers_gets_504(edge: EdgeHarness) -> None:
+    started = time.monotonic()
+    status, headers, body = https(edge, "web", "/hang", headers={"Origin": ORIGIN_OK})
+    assert status == 504 and json.loads(body)["error"]["code"] == "gateway_timeout"
+    assert headers["access-control-allow-origin"] == ORIGIN_OK
+    assert time.monotonic() - started < edge.config.upstream_timeout + 2
+    assert https(edge, "web")[0] == 200
+
+
 def test_no_upstream_is_503_with_retry_after(edge: EdgeHarness) -> None:
     status, headers, body = https(edge, "empty")
     assert status == 503 and headers["retry-after"] == "1"

@@ -86,7 +86,6 @@ class Exchange:
         "route",
         "started",
         "status",
-        "timeout",
         "upgrade",
         "upstream",
         "url",
@@ -118,7 +117,6 @@ class Exchange:
         self.status = 0
         self.started = time.monotonic()
         self.retried = False
-        self.timeout: asyncio.TimerHandle | None = None
 
 
 class EdgeProtocol(asyncio.Protocol):
@@ -246,7 +244,8 @@ class EdgeProtocol(asyncio.Protocol):
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._deadline(self.config.header_timeout, "header")
+        if self.active is None:  # else the active request's upstream deadline stands
+            self._deadline(self.config.header_timeout, "header")
         self.current = Exchange(self.worker.request_id())
 
     def on_url(self, url: bytes) -> None:
@@ -434,7 +433,7 @@ class EdgeProtocol(asyncio.Protocol):
         if ex.body_done and ex.chunked_in:
             payload.append(b"0\r\n\r\n")
         conn.send(payload[0] if len(payload) == 1 else b"".join(payload))
-        ex.timeout = self.loop.call_later(self.config.upstream_timeout, self._upstream_timeout, ex)
+        self._deadline(self.config.upstream_timeout, "upstream")
 
     def _request_head(self, ex: Exchange) -> bytes:
         parts = [ex.method, b" ", ex.url, b" HTTP/1.1\r\n"]
@@ -480,9 +479,7 @@ class EdgeProtocol(asyncio.Protocol):
         ex = self.active
         if ex is None or ex.upstream is not conn:
             return
-        if ex.timeout is not None:
-            ex.timeout.cancel()
-            ex.timeout = None
+        self.deadline_kind = None
         if 100 <= status < 200 and status != 101:
             return  # interim responses (100 Continue) are not relayed
         ex.status = status
@@ -537,8 +534,7 @@ class EdgeProtocol(asyncio.Protocol):
             return
         ex.upstream = None
         self.worker.pool.outstanding[conn.address] -= 1
-        if ex.timeout is not None:
-            ex.timeout.cancel()
+        self.deadline_kind = None
         if ex.response_started:
             ex.keep_alive = False
             self._finish(ex)  # the body was cut: the client sees the connection close
@@ -559,7 +555,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._send_error(ex, status, message)
 
     def _upstream_timeout(self, ex: Exchange) -> None:
-        if ex is not self.active or ex.upstream is None:
+        if ex.upstream is None or ex.response_started:
             return
         self._abandon_upstream(ex)
         self._send_error(ex, 504, "the app did not answer in time")
@@ -695,8 +691,6 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _finish(self, ex: Exchange) -> None:
         self.flush()
-        if ex.timeout is not None:
-            ex.timeout.cancel()
         if self.active is ex:
             self.active = None
         self._log(ex)
@@ -709,6 +703,8 @@ class EdgeProtocol(asyncio.Protocol):
             self._next()
         elif self.current is None:
             self._deadline(self.config.idle_timeout, "idle")
+        else:  # the next request is arriving: its headers have the usual time
+            self._deadline(self.config.header_timeout, "header")
 
     def _log(self, ex: Exchange, websocket: bool = False) -> None:
         route = ex.route
@@ -759,5 +755,9 @@ class EdgeProtocol(asyncio.Protocol):
         elif kind == "idle":
             if self.active is None and self.current is None:
                 self.transport.close()
+        elif kind == "upstream":
+            if self.active is not None:
+                self._upstream_timeout(self.active)
+                self.flush()
         else:  # an idle WebSocket past its configured timeout
             self.transport.close()

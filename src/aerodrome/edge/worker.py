@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from aerodrome.edge.proxy import Exchange
 
 _JSON_BOOL = {True: "true", False: "false"}
+_PLAIN_PATH = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII, no " or \
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # What a worker needs from the store each revision: (table, certificates, tls-alpn challenges).
@@ -50,12 +53,7 @@ class Metrics:
         buckets = self.latency.get(app)
         if buckets is None:
             buckets = self.latency[app] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                buckets[i] += 1
-                break
-        else:
-            buckets[len(LATENCY_BUCKETS)] += 1
+        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         buckets[-1] += seconds
 
     def to_json(self) -> dict[str, Any]:
@@ -139,7 +137,12 @@ class Worker:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         # Only the path can hold arbitrary text, so only it goes through the JSON encoder;
         # the query string is dropped (it may carry credentials).
-        path = json.dumps(ex.url.split(b"?", 1)[0].decode("latin-1"))
+        raw_path = ex.url.split(b"?", 1)[0]
+        path = (
+            f'"{raw_path.decode("ascii")}"'
+            if _PLAIN_PATH.fullmatch(raw_path)
+            else json.dumps(raw_path.decode("latin-1"))
+        )
         method = ex.method.decode("latin-1")
         self.access_log.add(
             f'{{"time": "{self._stamp}", "request_id": "{ex.request_id}", "app": "{app}", '
