@@ -13,6 +13,7 @@ from aerodrome.cli import (
     audit,
     auth,
     certs,
+    config,
     keys,
     orgs,
     releases,
@@ -40,6 +41,7 @@ app.add_typer(secrets.app, name="secrets")
 app.add_typer(releases.app, name="releases")
 app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
+app.add_typer(config.app, name="config")
 app.add_typer(upstreams.app, name="upstreams")
 app.add_typer(upstreams.http_app, name="http-service")
 app.add_typer(audit.app, name="audit")

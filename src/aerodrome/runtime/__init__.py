@@ -1,0 +1,1 @@
+"""The runtime: app configuration, deploy artifacts, and (next) the agent that runs machines."""
