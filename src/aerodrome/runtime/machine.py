@@ -1,0 +1,176 @@
+"""A machine: one supervised process tree running an app's command.
+
+The child gets a clean environment (nothing inherited from the agent): a fixed PATH, `PORT`,
+`AERO_*` identity variables, the app's `[env]`, and its secrets unsealed at spawn time straight
+into the environment (never argv, never disk). It runs in its own session and process group,
+with resource limits and `no_new_privs`. Its stdout and stderr are read line by line and
+passed through the secrets redactor before anything stores or shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aerodrome.secrets.redact import Redactor
+from aerodrome.secrets.values import SecretValue
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+PR_SET_NO_NEW_PRIVS = 38
+MAX_LINE = 16 * 1024  # a longer line is split; each piece is redacted
+DEFAULT_MEMORY = 512 * 1024 * 1024
+DEFAULT_OPEN_FILES = 1024
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    machine_id: str
+    app: str
+    release: int
+    region: str
+    command: str
+    workdir: Path
+    port: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    memory_bytes: int = DEFAULT_MEMORY
+    open_files: int = DEFAULT_OPEN_FILES
+    api_socket: Path | None = None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    time: float
+    machine_id: str
+    stream: str
+    message: str
+
+
+LogSink = Callable[[LogLine], Awaitable[None] | None]
+
+
+def machine_environment(spec: MachineSpec, secrets: Mapping[str, SecretValue]) -> dict[str, str]:
+    """Exactly what the child sees. Secrets win over `[env]` of the same name (as on Fly)."""
+    env = {
+        "PATH": SAFE_PATH,
+        "HOME": str(spec.workdir),
+        "LANG": "C.UTF-8",
+        "PORT": str(spec.port),
+        "AERO_APP_NAME": spec.app,
+        "AERO_MACHINE_ID": spec.machine_id,
+        "AERO_REGION": spec.region,
+        "AERO_RELEASE": str(spec.release),
+    }
+    if spec.api_socket is not None:
+        env["AERO_API_SOCKET"] = str(spec.api_socket)
+    env.update(spec.env)
+    env.update({name: value.reveal_text() for name, value in secrets.items()})
+    return env
+
+
+def _confine(memory_bytes: int, open_files: int) -> Callable[[], None]:
+    """Runs in the child between fork and exec: limits, and no privilege gain through exec."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps full of secrets
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            os._exit(126)
+
+    return apply
+
+
+class Machine:
+    """Start, watch and stop one machine's process; stream its redacted output to `sink`."""
+
+    def __init__(self, spec: MachineSpec, redactor: Redactor, sink: LogSink) -> None:
+        self.spec = spec
+        self.redactor = redactor
+        self.sink = sink
+        self.process: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self._readers: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"Machine({self.spec.machine_id!r}, app={self.spec.app!r})"
+
+    async def start(self, secrets: Mapping[str, SecretValue]) -> None:
+        self.spec.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
+            cwd=self.spec.workdir,
+            env=machine_environment(self.spec, secrets),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_confine(self.spec.memory_bytes, self.spec.open_files),
+            limit=MAX_LINE,
+        )  # fmt: skip
+        self.started_at = time.monotonic()
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._pump(self.process.stdout, "stdout")),
+            asyncio.create_task(self._pump(self.process.stderr, "stderr")),
+        ]
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        """Line by line; a value split across two writes is still whole within its line, and
+        the stream redactor catches one split across a forced line break."""
+        redact = self.redactor.stream()
+        while True:
+            try:
+                chunk = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as end:
+                chunk = end.partial
+            except asyncio.LimitOverrunError as over:
+                chunk = await stream.read(over.consumed)
+            if not chunk:
+                tail = redact.flush()
+                if tail:
+                    await self._emit(name, tail)
+                return
+            cleaned = redact.feed(chunk)
+            if chunk.endswith(b"\n"):
+                cleaned += redact.flush()
+            if cleaned:
+                await self._emit(name, cleaned)
+
+    async def _emit(self, stream: str, data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace").rstrip("\n")
+        result = self.sink(LogLine(time.time(), self.spec.machine_id, stream, text))
+        if result is not None:
+            await result
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        code = await self.process.wait()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        return code
+
+    async def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM to the whole process group, then SIGKILL after `grace` seconds."""
+        if self.process is None or self.process.returncode is not None:
+            return None if self.process is None else self.process.returncode
+        pgid = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            return await self.wait()

@@ -1,0 +1,148 @@
+"""A machine as its app sees it, and as the operator's logs see it: a clean environment with
+the secrets in it, confined, in its own process group, its output redacted."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from aerodrome.runtime.machine import LogLine, Machine, MachineSpec, machine_environment
+from aerodrome.secrets.redact import Redactor
+from aerodrome.secrets.values import SecretValue
+
+CANARY = "canary-4f1c9a2b7e-value/with+chars"
+
+# The app prints the canary raw, base64, URL-encoded, JSON-escaped and split across two
+# writes, then its environment (names only) and what it knows about itself.
+APP = """
+import base64, json, os, sys, time, urllib.parse
+v = os.environ["CANARY"]
+print("raw", v, flush=True)
+print("b64", base64.b64encode(v.encode()).decode(), flush=True)
+print("url", urllib.parse.quote(v, safe=""), flush=True)
+print("json", json.dumps({"token": v}), flush=True)
+sys.stdout.write("split " + v[:9]); sys.stdout.flush(); time.sleep(0.05)
+sys.stdout.write(v[9:] + "\\n"); sys.stdout.flush()
+print("stderr", v, file=sys.stderr, flush=True)
+print("ENV", json.dumps(sorted(os.environ)), flush=True)
+status = open("/proc/self/status").read()
+print("NNP", [l for l in status.splitlines() if l.startswith("NoNewPrivs")][0], flush=True)
+print("PGRP", os.getpgrp(), os.getsid(0), flush=True)
+print("PORT", os.environ["PORT"], os.environ["GREETING"], flush=True)
+"""
+
+
+def spec(tmp_path: Path, command: str, **kw: object) -> MachineSpec:
+    return MachineSpec(
+        machine_id="mch_" + "c" * 24,
+        app="web",
+        release=3,
+        region="local",
+        command=command,
+        workdir=tmp_path / "machine",
+        port=31999,
+        env={"GREETING": "hello"},
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def run_machine(tmp_path: Path, command: str, **kw: object) -> tuple[list[LogLine], int]:
+    lines: list[LogLine] = []
+    machine = Machine(spec(tmp_path, command, **kw), Redactor([CANARY]), lines.append)
+
+    async def go() -> int:
+        await machine.start({"CANARY": SecretValue(CANARY.encode())})
+        return await machine.wait()
+
+    return lines, asyncio.run(go())
+
+
+def test_the_app_sees_its_secrets_and_the_logs_never_do(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    lines, code = run_machine(tmp_path, f"{sys.executable} {script}")
+    assert code == 0
+    text = "\n".join(f"{line.stream} {line.message}" for line in lines)
+    for form in (
+        CANARY,
+        base64.b64encode(CANARY.encode()).decode(),
+        urllib.parse.quote(CANARY, safe=""),
+        json.dumps(CANARY)[1:-1],
+    ):
+        assert form not in text
+    assert "raw [REDACTED]" in text and "stderr stderr [REDACTED]" in text
+    assert any(line.message.startswith("split ") and "[REDACTED]" in line.message for line in lines)
+    assert "PORT 31999 hello" in text
+
+
+def test_the_environment_is_clean_and_the_process_confined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AERO_DATA_DIR", "/agent/secret/place")
+    monkeypatch.setenv("AGENT_ONLY", "leak")
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    lines, _ = run_machine(tmp_path, f"{sys.executable} {script}")
+    env_line = next(line.message for line in lines if line.message.startswith("ENV "))
+    names = set(json.loads(env_line[4:]))
+    assert "AGENT_ONLY" not in names and "AERO_DATA_DIR" not in names
+    assert {"PATH", "PORT", "CANARY", "GREETING", "AERO_MACHINE_ID", "AERO_APP_NAME"} <= names
+    assert any(line.message == "NNP NoNewPrivs:\t1" for line in lines)
+    pgrp, sid = next(line.message for line in lines if line.message.startswith("PGRP ")).split()[1:]
+    assert pgrp == sid and int(pgrp) != os.getpgrp()  # its own session and process group
+
+
+def test_resource_limits_apply(tmp_path: Path) -> None:
+    command = (
+        f'{sys.executable} -c "import resource; '
+        f'print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"'
+    )
+    lines, code = run_machine(tmp_path, command, open_files=64)
+    assert code == 0 and [line.message for line in lines] == ["64"]
+    hog = f'{sys.executable} -c "x = bytearray(300 * 1024 * 1024)"'
+    _, code = run_machine(tmp_path, hog, memory_bytes=128 * 1024 * 1024)
+    assert code != 0  # over its memory limit: it fails, not the host
+
+
+def test_secrets_never_reach_argv(tmp_path: Path) -> None:
+    env = machine_environment(spec(tmp_path, "true"), {"CANARY": SecretValue(CANARY.encode())})
+    assert env["CANARY"] == CANARY
+    machine = Machine(spec(tmp_path, "sleep 5"), Redactor([CANARY]), lambda line: None)
+
+    async def go() -> bytes:
+        await machine.start({"CANARY": SecretValue(CANARY.encode())})
+        assert machine.process is not None
+        cmdline = Path(f"/proc/{machine.process.pid}/cmdline").read_bytes()
+        await machine.stop(grace=2)
+        return cmdline
+
+    cmdline = asyncio.run(go())
+    assert CANARY.encode() not in cmdline and b"sleep 5" in cmdline
+
+
+def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    command = f"sh -c 'echo $$ > {pidfile}; exec sleep 60' & wait"
+    machine = Machine(spec(tmp_path, command), Redactor([]), lambda line: None)
+
+    async def go() -> None:
+        await machine.start({})
+        for _ in range(100):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        await machine.stop(grace=2)
+
+    asyncio.run(go())
+    child = int(pidfile.read_text())
+    assert (
+        not Path(f"/proc/{child}").exists()
+        or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+    )
