@@ -1,0 +1,124 @@
+"""Machine logs, per app, bounded in size and age.
+
+Lines arrive already redacted (see `runtime/machine.py`). Each app has a directory of JSON-lines
+segments; a segment is closed at `SEGMENT_BYTES`, and only the newest `MAX_SEGMENTS` segments
+younger than `RETENTION` are kept, so an app that logs without end costs a fixed amount of disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aerodrome.runtime.machine import LogLine
+
+SEGMENT_BYTES = 4 * 1024 * 1024
+MAX_SEGMENTS = 8  # 32 MiB per app at most
+RETENTION = 7 * 24 * 3600.0
+_SEGMENT = re.compile(r"(\d{8})\.jsonl")
+_APP_ID = re.compile(r"app_[a-z2-7]{24}")
+
+
+@dataclass(frozen=True)
+class StoredLine:
+    seq: int  # position across segments: a cursor for "after"
+    time: float
+    machine_id: str
+    region: str
+    stream: str
+    message: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "machine": self.machine_id,
+            "region": self.region,
+            "stream": self.stream,
+            "message": self.message,
+        }
+
+
+class LogStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, app_id: str) -> Path:
+        if not _APP_ID.fullmatch(app_id):  # the id becomes a path: nothing else gets in
+            raise ValueError("not an app id")
+        return self.root / app_id
+
+    def _segments(self, app_id: str) -> list[Path]:
+        directory = self._dir(app_id)
+        if not directory.exists():
+            return []
+        return sorted(p for p in directory.iterdir() if _SEGMENT.fullmatch(p.name))
+
+    def append(self, app_id: str, line: LogLine, region: str) -> None:
+        directory = self._dir(app_id)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        segments = self._segments(app_id)
+        current = segments[-1] if segments else directory / f"{1:08d}.jsonl"
+        if current.exists() and current.stat().st_size >= SEGMENT_BYTES:
+            number = int(current.name[:8]) + 1
+            current = directory / f"{number:08d}.jsonl"
+        record = json.dumps(
+            {
+                "t": line.time,
+                "m": line.machine_id,
+                "r": region,
+                "s": line.stream,
+                "msg": line.message,
+            },
+            ensure_ascii=False,
+        )
+        fd = os.open(current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (record + "\n").encode())
+        finally:
+            os.close(fd)
+        if current not in segments:
+            self._prune(app_id)
+
+    def _prune(self, app_id: str, now: float | None = None) -> None:
+        now = now or time.time()
+        segments = self._segments(app_id)
+        for path in segments[:-MAX_SEGMENTS]:
+            path.unlink(missing_ok=True)
+        for path in segments[-MAX_SEGMENTS:-1]:
+            if now - path.stat().st_mtime > RETENTION:
+                path.unlink(missing_ok=True)
+
+    def read(
+        self,
+        app_id: str,
+        *,
+        machine_id: str | None = None,
+        after: int = 0,
+        limit: int = 500,
+    ) -> list[StoredLine]:
+        """Lines after cursor `after` (0: the last `limit` lines), oldest first."""
+        lines = [
+            line
+            for line in self._scan(app_id)
+            if line.seq > after and (machine_id is None or line.machine_id == machine_id)
+        ]
+        return lines[-limit:] if after == 0 else lines[:limit]
+
+    def _scan(self, app_id: str) -> Iterator[StoredLine]:
+        for path in self._segments(app_id):
+            base = int(path.name[:8]) * 10_000_000
+            with path.open(encoding="utf-8") as fh:
+                for offset, raw in enumerate(fh):
+                    try:
+                        data = json.loads(raw)
+                    except ValueError:
+                        continue
+                    yield StoredLine(
+                        base + offset, data["t"], data["m"], data["r"], data["s"], data["msg"]
+                    )

@@ -1,0 +1,55 @@
+"""Machine logs: per app, in order, filtered by machine, bounded in size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aerodrome.ids import new_id
+from aerodrome.runtime import logstore
+from aerodrome.runtime.logstore import LogStore
+from aerodrome.runtime.machine import LogLine
+
+
+def line(n: int, machine: str = "mch_a", stream: str = "stdout") -> LogLine:
+    return LogLine(1000.0 + n, machine, stream, f"message {n}")
+
+
+def test_lines_come_back_in_order_per_app_and_machine(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    web, api = new_id("app"), new_id("app")
+    for n in range(10):
+        store.append(web, line(n, "mch_a" if n % 2 else "mch_b"), "local")
+    store.append(api, line(99), "local")
+    lines = store.read(web)
+    assert [x.message for x in lines] == [f"message {n}" for n in range(10)]
+    assert [x.message for x in store.read(web, machine_id="mch_b")] == [
+        f"message {n}" for n in range(0, 10, 2)
+    ]
+    assert [x.message for x in store.read(api)] == ["message 99"]
+    after = store.read(web, after=lines[5].seq)
+    assert [x.message for x in after] == [f"message {n}" for n in range(6, 10)]
+    assert store.read(web, limit=3)[0].message == "message 7"
+    assert lines[0].to_dict()["region"] == "local"
+
+
+def test_an_app_that_logs_without_end_uses_bounded_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logstore, "SEGMENT_BYTES", 2000)
+    monkeypatch.setattr(logstore, "MAX_SEGMENTS", 3)
+    store = LogStore(tmp_path)
+    app = new_id("app")
+    for n in range(2000):
+        store.append(app, line(n), "local")
+    files = list((tmp_path / app).iterdir())
+    assert len(files) <= 3
+    assert sum(f.stat().st_size for f in files) < 3 * 2000 + 500
+    assert store.read(app)[-1].message == "message 1999"
+    assert all(f.stat().st_mode & 0o077 == 0 for f in files)
+
+
+def test_app_ids_are_the_only_paths(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        LogStore(tmp_path).append("../../etc", line(1), "local")
