@@ -25,7 +25,7 @@ ORIGIN_OK = "https://ok.example"
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeHarness]:
     tmp = tmp_path_factory.mktemp("edge")
     harness, stop = start_edge(
-        tmp, header_timeout=2.5, idle_timeout=5.0, upstream_timeout=2.0, max_body_bytes=64 * 1024
+        tmp, header_timeout=5.0, idle_timeout=8.0, upstream_timeout=2.0, max_body_bytes=64 * 1024
     )
     harness.snapshot["tmp"] = tmp
     cors = Cors(
