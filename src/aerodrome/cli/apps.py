@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, console, record, table
-from aerodrome.errors import AeroError
+from aerodrome.cli.output import JsonFlag, confirm, console, record, table
 
 app = typer.Typer(help="Create and manage apps.", no_args_is_help=True)
 
@@ -65,14 +63,7 @@ def destroy(
     json_mode: JsonFlag = False,
 ) -> None:
     """Destroy an app and revoke every token scoped to it."""
-    if not yes:
-        if not sys.stdin.isatty():
-            raise AeroError(
-                f"destroying {name} needs confirmation",
-                hint="pass --yes to confirm without a prompt",
-                code="confirm",
-            )
-        typer.confirm(f"Destroy app {name} and revoke its tokens?", abort=True)
+    confirm(f"destroying {name}", f"Destroy app {name} and revoke its tokens?", yes)
     result = client().delete(f"/v1/apps/{name}")
     if json_mode:
         record(result, json_mode=True)

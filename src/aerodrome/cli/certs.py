@@ -3,14 +3,12 @@ issuer and expiry. Never shows a private key."""
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, console, emit_json, record, table
-from aerodrome.errors import AeroError
+from aerodrome.cli.output import JsonFlag, confirm, console, emit_json, record, table
 
 app = typer.Typer(
     help="Manage an app's TLS certificates and custom hostnames.", no_args_is_help=True
@@ -100,14 +98,11 @@ def remove(
     json_mode: JsonFlag = False,
 ) -> None:
     """Remove a custom hostname and its certificate."""
-    if not yes:
-        if not sys.stdin.isatty():
-            raise AeroError(
-                f"removing {hostname} needs confirmation",
-                hint="pass --yes to confirm without a prompt",
-                code="confirm",
-            )
-        typer.confirm(f"Remove {hostname} from {app_name}? The edge stops serving it.", abort=True)
+    confirm(
+        f"removing {hostname}",
+        f"Remove {hostname} from {app_name}? The edge stops serving it.",
+        yes,
+    )
     result = client().delete(_path(app_name, hostname))
     if json_mode:
         emit_json(result)

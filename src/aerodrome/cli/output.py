@@ -83,3 +83,16 @@ def fail(error: AeroError, *, json_mode: bool = False) -> NoReturn:
         if error.hint:
             err_console.print(f"  hint: {escape(error.hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def confirm(what: str, prompt: str, yes: bool) -> None:
+    """Ask before something that cannot be undone; without a terminal, `--yes` is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise AeroError(
+            f"{what} needs confirmation",
+            hint="pass --yes to confirm without a prompt",
+            code="confirm",
+        )
+    typer.confirm(prompt, abort=True)

@@ -731,10 +731,18 @@ class EdgeProtocol(asyncio.Protocol):
         return None
 
     def _deadline(self, seconds: float, kind: str) -> None:
-        self.deadline = self.loop.time() + seconds
+        """Move the connection's deadline. The one timer never sleeps longer than the header
+        timeout, so the usual deadlines (header, upstream, idle) never need a new timer; only a
+        shorter one does."""
+        deadline = self.loop.time() + seconds
+        self.deadline = deadline
         self.deadline_kind = kind
-        if self.timer is None:
-            self.timer = self.loop.call_later(seconds, self._on_timer)
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline + 0.05:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_later(min(seconds, self.config.header_timeout), self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -746,7 +754,9 @@ class EdgeProtocol(asyncio.Protocol):
             deadline = self.last_activity + self.ws_idle
         remaining = deadline - self.loop.time()
         if remaining > 0.001:
-            self.timer = self.loop.call_later(remaining, self._on_timer)
+            self.timer = self.loop.call_later(
+                min(remaining, self.config.header_timeout), self._on_timer
+            )
             return
         self.deadline_kind = None
         if kind == "header":
