@@ -272,7 +272,7 @@ def test_oversized_headers_431_and_body_413(edge: EdgeHarness) -> None:
 def test_slowloris_gets_408_and_a_close(edge: EdgeHarness) -> None:
     sock = tls_socket(edge, host(edge, "web"))
     sock.sendall(f"GET / HTTP/1.1\r\nHost: {host(edge, 'web')}\r\n".encode())  # never finished
-    sock.settimeout(5)
+    sock.settimeout(edge.config.header_timeout + 5)
     started = time.monotonic()
     reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 408")
