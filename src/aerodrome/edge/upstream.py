@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -25,12 +25,10 @@ HIGH_WATER = 256 * 1024
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_headers_done",
         "address",
         "chunked",
         "client",
         "closed",
-        "content_length",
         "head_request",
         "headers",
         "keep_alive",
@@ -55,9 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_request = False
         self.keep_alive = True
         self.chunked = False
-        self.content_length: int | None = None
         self.status = 0
-        self._headers_done = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -110,20 +106,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
-        self._headers_done = False
         self.chunked = False
-        self.content_length = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
         if lower == b"transfer-encoding":
             self.chunked = b"chunked" in value.lower()
-        elif lower == b"content-length":
-            self.content_length = int(value)
         self.headers.append((lower, value))
 
     def on_headers_complete(self) -> None:
-        self._headers_done = True
         status = self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
         if self.parser.get_http_version() != "1.1":
@@ -217,6 +208,3 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
             idle.clear()
-
-    def stats(self) -> dict[str, Any]:
-        return {f"{h}:{p}": len(c) for (h, p), c in self.idle.items()}
