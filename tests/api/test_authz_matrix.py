@@ -8,9 +8,13 @@ test runs one token against every route and reports all mismatches at once.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import fastapi.routing
@@ -40,6 +44,7 @@ from aerodrome.platform import http_service as http_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as secret_rules
 from aerodrome.platform import tokens as token_records
+from aerodrome.runtime.artifact import Artifact, build_artifact, store_artifact
 from aerodrome.secrets.values import SecretValue
 from aerodrome.store.models import AuditEvent
 from aerodrome.tokens.actions import CAPABILITY_KINDS, GLOBAL_ACTIONS, ROLE_ACTIONS
@@ -104,6 +109,9 @@ ROUTES: dict[tuple[str, str], Spec] = {
     ("POST", "/v1/apps/{app}/certs"): Spec("certs.write", AppParam),
     ("GET", "/v1/apps/{app}/certs/{hostname}"): Spec("certs.read", AppParam),
     ("DELETE", "/v1/apps/{app}/certs/{hostname}"): Spec("certs.write", AppParam),
+    ("GET", "/v1/apps/{app}/artifacts/{digest}"): Spec("apps.read", AppParam),
+    ("PUT", "/v1/apps/{app}/artifacts/{digest}"): Spec("apps.deploy", AppParam),
+    ("POST", "/v1/apps/{app}/deploys"): Spec("apps.deploy", AppParam),
 }
 PUBLIC_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/tokens/public-key")}
 # FastAPI's own schema and docs pages: plain Starlette routes, not APIRoutes.
@@ -140,6 +148,9 @@ BODIES: dict[tuple[str, str], Callable[[int], dict[str, Any] | None]] = {
     ("PUT", "/v1/apps/{app}/http-service"): lambda n: {"force_https": n % 2 == 0},
     ("POST", "/v1/apps/{app}/upstreams"): lambda n: {"address": f"10.0.0.1:{1000 + n}"},
     ("POST", "/v1/apps/{app}/certs"): lambda n: {"hostname": f"matrix-{n}.example.com"},
+    # built per attempt in attempts_for (raw bytes; a config naming the app)
+    ("PUT", "/v1/apps/{app}/artifacts/{digest}"): lambda n: None,
+    ("POST", "/v1/apps/{app}/deploys"): lambda n: None,
 }
 SENDS_BODY = ("POST", "PUT")
 # Routes whose valid request needs the app to hold `victim_secret(n)` with staged changes.
@@ -300,7 +311,7 @@ class Attempt:
     url: str
     org: str | None  # the org the request names ("acme"/"globex")
     app: str | None
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] | bytes | None = None
     check: Callable[[httpx.Response], list[str]] | None = field(default=None, repr=False)
 
     @property
@@ -369,10 +380,43 @@ def prepare(
         url = url.replace("{name}", _victim_secret(world, str(app), n))
     if "{hostname}" in url:
         url = url.replace("{hostname}", _victim_hostname(world, str(app), n))
+    if "{digest}" in url:
+        digest, data = _artifact(n)
+        if method == "GET":  # it must exist to be read
+            _store(world, data)
+        url = url.replace("{digest}", digest)
     if (method, template) == ("POST", "/v1/keys/retire"):
         _rotated_keyring(world)
     assert "{" not in url, f"prepare() does not fill every parameter of {template}"
     return url
+
+
+DEPLOY_CONFIG = """app = "{app}"
+[processes]
+app = "python3 -m http.server $PORT"
+"""
+
+
+@functools.cache
+def _artifact(n: int) -> tuple[str, bytes]:
+    """A small artifact of its own for attempt `n`: (digest, bytes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "main.py").write_text(f"print({n})\n")
+        artifact = build_artifact(Path(tmp))
+        data = artifact.path.read_bytes()
+        artifact.discard()
+    return artifact.digest, data
+
+
+def _store(world: World, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False) as fh:
+        fh.write(data)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    store_artifact(
+        Artifact(digest, len(data), 0, 0, Path(fh.name)),
+        world.services.settings.data_dir / "artifacts",
+    )
+    Path(fh.name).unlink()
 
 
 def _did_work(template: str) -> Callable[[httpx.Response], list[str]] | None:
@@ -428,6 +472,12 @@ def attempts_for(world: World, holder: Holder) -> list[Attempt]:
             n = next(counter)
             url = prepare(world, method, template, org, app, n)
             body = BODIES[(method, template)](n) if method in SENDS_BODY else None
+            if template == "/v1/apps/{app}/artifacts/{digest}" and method == "PUT":
+                body = _artifact(n)[1]  # the raw artifact, matching the digest in the URL
+            elif template == "/v1/apps/{app}/deploys":
+                digest, data = _artifact(n)
+                _store(world, data)
+                body = {"artifact": digest, "config": DEPLOY_CONFIG.format(app=app)}
             attempt = Attempt(method, template, url, org, app, body)
             if url in ("/v1/orgs", "/v1/apps") and method == "GET":
                 attempt.check = _listing_check(holder, url)
@@ -467,7 +517,10 @@ def test_matrix(world: World, name: str) -> None:
         spec = ROUTES[(attempt.method, attempt.template)]
         want = expected_denial(holder, spec.action, attempt.org, attempt.app)
         before = world.services.store.revision()
-        response = world.call(attempt.method, attempt.url, token, json=attempt.body)
+        payload = (
+            {"content": attempt.body} if isinstance(attempt.body, bytes) else {"json": attempt.body}
+        )
+        response = world.call(attempt.method, attempt.url, token, **payload)
         got = response.status_code
         code = response.json().get("error", {}).get("code") if got >= 400 else None
         mutating = attempt.method != "GET"

@@ -21,12 +21,15 @@ from aerodrome.api.routes import (
     audit,
     auth,
     certs,
+    deploys,
     http_service,
     meta,
     orgs,
     secrets,
     tokens,
 )
+from aerodrome.api.routes.deploys import ARTIFACT_PATH
+from aerodrome.api.routes.deploys import MAX_ARTIFACT as ARTIFACT_MAX
 from aerodrome.config import Settings
 from aerodrome.errors import AeroError
 from aerodrome.ids import new_id
@@ -45,6 +48,7 @@ ROUTERS = (
     secrets.router,
     http_service.router,
     certs.router,
+    deploys.router,
     audit.router,
 )
 
@@ -76,11 +80,11 @@ class RequestContext:
         self.app = app
         self.max_body = max_body
 
-    def _too_large(self, request_id: str) -> JSONResponse:
+    def _too_large(self, request_id: str, limit: int) -> JSONResponse:
         return _error(
             413,
             "body_too_large",
-            f"request body is larger than {self.max_body} bytes",
+            f"request body is larger than {limit} bytes",
             "send a smaller document",
             **{"aero-request-id": request_id},
         )
@@ -91,9 +95,11 @@ class RequestContext:
             return
         request_id = new_id("req")
         scope.setdefault("state", {})["request_id"] = request_id
+        # Artifact uploads stream to disk with their own limit; every other body is JSON.
+        limit = ARTIFACT_MAX if ARTIFACT_PATH.match(scope.get("path", "")) else self.max_body
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            await self._too_large(request_id)(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._too_large(request_id, limit)(scope, receive, send)
             return
         seen = 0
         too_large = False
@@ -104,7 +110,7 @@ class RequestContext:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > limit:
                     too_large = True
                     raise _BodyTooLarge
             return message
@@ -124,7 +130,7 @@ class RequestContext:
         with contextlib.suppress(_BodyTooLarge):
             await self.app(scope, limited_receive, send_with_id)
         if too_large and not started:
-            await self._too_large(request_id)(scope, receive, send)
+            await self._too_large(request_id, limit)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):

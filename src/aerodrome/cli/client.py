@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -79,6 +80,10 @@ class Client:
             raise AeroError(
                 f"request to {self.url} failed: {type(exc).__name__}", code="unreachable"
             ) from exc
+        return self._result(response)
+
+    @staticmethod
+    def _result(response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -91,6 +96,26 @@ class Client:
                 status=response.status_code,
             )
         return response.json()
+
+    def upload(self, path: str, file: Path) -> Any:
+        """PUT a file as the raw body (artifacts), streamed from disk."""
+        headers = {
+            "user-agent": "aero-cli",
+            "authorization": f"Bearer {self.token}",
+            "content-type": "application/gzip",
+        }
+        if self._host_header:
+            headers["host"] = self._host_header
+        with file.open("rb") as body:
+            try:
+                response = self._http.put(
+                    path, content=body, headers=headers, extensions=self._extensions, timeout=600.0
+                )
+            except httpx.HTTPError as exc:
+                raise AeroError(
+                    f"upload to {self.url} failed: {type(exc).__name__}", code="unreachable"
+                ) from exc
+        return self._result(response)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)

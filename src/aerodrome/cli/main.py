@@ -14,6 +14,7 @@ from aerodrome.cli import (
     auth,
     certs,
     config,
+    deploy,
     keys,
     orgs,
     releases,
@@ -46,6 +47,7 @@ app.add_typer(upstreams.app, name="upstreams")
 app.add_typer(upstreams.http_app, name="http-service")
 app.add_typer(audit.app, name="audit")
 app.command("up")(up.up)
+app.command("deploy")(deploy.deploy)
 
 
 def _version(value: bool) -> None:

@@ -469,8 +469,16 @@ def staged_changes(session: Session, app: App) -> dict[str, tuple[int | None, in
     }
 
 
-def create_release(tx: Tx, app: App, description: str) -> Release:
-    """Release N+1 carrying the app's current secret versions (staged ones included)."""
+def create_release(
+    tx: Tx,
+    app: App,
+    description: str,
+    *,
+    artifact: str | None = None,
+    config: str | None = None,
+) -> Release:
+    """Release N+1 carrying the app's current secret versions (staged ones included). Without
+    a new artifact and config (a secrets change), it keeps those of the previous release."""
     previous = latest_release(tx.session, app.id)
     versions = current_versions(tx.session, app.id)
     release = Release(
@@ -478,6 +486,8 @@ def create_release(tx: Tx, app: App, description: str) -> Release:
         app_id=app.id,
         number=(previous.number if previous else 0) + 1,
         secret_versions=json.dumps(versions, sort_keys=True),
+        artifact=artifact if artifact is not None else (previous.artifact if previous else None),
+        config=config if config is not None else (previous.config if previous else None),
         description=description,
         created_by=tx.audit_ctx.actor,
     )
@@ -488,7 +498,12 @@ def create_release(tx: Tx, app: App, description: str) -> Release:
         "release.create",
         app.id,
         org_id=app.org_id,
-        detail={"number": release.number, "secrets": versions, "description": description},
+        detail={
+            "number": release.number,
+            "secrets": versions,
+            "description": description,
+            "artifact": release.artifact,
+        },
     )
     return release
 

@@ -205,7 +205,8 @@ class SecretVersion(Base):
 
 
 class Release(Base):
-    """Release N of an app: what it runs with. For now, the secret versions it carries."""
+    """Release N of an app: what it runs with — the artifact (code), the configuration
+    (`aerodrome.toml` as deployed) and the secret versions it carries."""
 
     __tablename__ = "releases"
     __table_args__ = (UniqueConstraint("app_id", "number", name="uq_release_number"),)
@@ -215,6 +216,8 @@ class Release(Base):
     )
     number: Mapped[int] = mapped_column(Integer, nullable=False)
     secret_versions: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    artifact: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    config: Mapped[str | None] = mapped_column(Text, nullable=True)
     description: Mapped[str] = mapped_column(String(200), nullable=False, default="")
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

@@ -67,6 +67,7 @@ def release_view(release: Release | None) -> dict[str, Any] | None:
         "number": release.number,
         "id": release.id,
         "secrets": json.loads(release.secret_versions),
+        "artifact": release.artifact,
         "description": release.description,
         "created_by": release.created_by,
         "created_at": iso(release.created_at),

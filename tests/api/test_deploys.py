@@ -1,0 +1,92 @@
+"""Deploys through the API: upload an artifact, then release it with its aerodrome.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aerodrome.runtime.artifact import build_artifact
+from tests.conftest import World
+
+CONFIG = """\
+app = "acme-web"
+
+[processes]
+app = "python3 -m http.server $PORT"
+
+[http_service]
+internal_port = 8080
+"""
+
+
+def built(tmp_path: Path) -> tuple[str, bytes]:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "main.py").write_text("print('hello')\n")
+    (source / ".env").write_text("SECRET=never-packaged\n")
+    artifact = build_artifact(source)
+    data = artifact.path.read_bytes()
+    artifact.discard()
+    return artifact.digest, data
+
+
+def test_upload_then_deploy_creates_a_release_with_code_config_and_secrets(
+    world: World, tmp_path: Path
+) -> None:
+    token = world.tokens["acme.deploy"]
+    digest, data = built(tmp_path)
+    assert world.call("GET", f"/v1/apps/acme-web/artifacts/{digest}", token).status_code == 404
+    uploaded = world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", token, content=data)
+    assert uploaded.status_code == 201 and uploaded.json()["size"] == len(data)
+    assert world.call("GET", f"/v1/apps/acme-web/artifacts/{digest}", token).status_code == 200
+    world.call("POST", "/v1/apps/acme-web/secrets", token, json={"values": {"KEY": "v1"}})
+    response = world.call(
+        "POST", "/v1/apps/acme-web/deploys", token, json={"artifact": digest, "config": CONFIG}
+    )
+    assert response.status_code == 201, response.text
+    release = response.json()
+    assert release["artifact"] == digest and release["secrets"] == {"KEY": 1}
+    # A secrets change later keeps the code and configuration of the release before it.
+    world.call("POST", "/v1/apps/acme-web/secrets", token, json={"values": {"KEY": "v2"}})
+    latest = world.call("GET", "/v1/apps/acme-web/releases", token).json()[0]
+    assert latest["number"] == release["number"] + 1
+    assert latest["artifact"] == digest and latest["secrets"] == {"KEY": 2}
+
+
+def test_bad_deploys_are_refused_and_change_nothing(world: World, tmp_path: Path) -> None:
+    token = world.tokens["acme.deploy"]
+    digest, data = built(tmp_path)
+    wrong = "sha256:" + "0" * 64
+    mismatch = world.call("PUT", f"/v1/apps/acme-web/artifacts/{wrong}", token, content=data)
+    assert (
+        mismatch.status_code == 400
+        and mismatch.json()["error"]["code"] == "artifact_digest_mismatch"
+    )
+    world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", token, content=data)
+    revision = world.services.store.revision()
+    cases = [
+        (
+            {"artifact": digest, "config": CONFIG.replace("8080", "99999")},
+            "aerodrome.toml:7: http_service.internal_port must be 1-65535",
+        ),
+        (
+            {"artifact": digest, "config": CONFIG.replace('"acme-web"', '"acme-api"')},
+            "aerodrome.toml is for app 'acme-api'",
+        ),
+        ({"artifact": wrong, "config": CONFIG}, "was not uploaded"),
+        ({"artifact": "md5:abc", "config": CONFIG}, "invalid artifact digest"),
+    ]
+    for body, message in cases:
+        response = world.call("POST", "/v1/apps/acme-web/deploys", token, json=body)
+        assert response.status_code == 400 and message in response.json()["error"]["message"]
+    assert world.services.store.revision() == revision
+    other = world.call(
+        "POST",
+        "/v1/apps/acme-web/deploys",
+        world.tokens["globex.deploy"],
+        json={"artifact": digest, "config": CONFIG},
+    )
+    assert other.status_code == 403 and other.json()["error"]["code"] == "wrong_app"
+    readonly = world.call(
+        "PUT", f"/v1/apps/acme-web/artifacts/{digest}", world.tokens["acme.readonly"], content=data
+    )
+    assert readonly.status_code == 403
