@@ -419,6 +419,25 @@ def _store(world: World, data: bytes) -> None:
     Path(fh.name).unlink()
 
 
+def body_for(
+    world: World, method: str, template: str, app: str | None, n: int
+) -> dict[str, Any] | bytes | None:
+    """A valid body for attempt `n` of a route (None: it takes none)."""
+    if method not in SENDS_BODY:
+        return None
+    if (method, template) == ("PUT", "/v1/apps/{app}/artifacts/{digest}"):
+        return _artifact(n)[1]  # the raw artifact, matching the digest prepare() put in the URL
+    if template == "/v1/apps/{app}/deploys":
+        digest, data = _artifact(n)
+        _store(world, data)
+        return {"artifact": digest, "config": DEPLOY_CONFIG.format(app=app)}
+    return BODIES[(method, template)](n)
+
+
+def as_payload(body: dict[str, Any] | bytes | None) -> dict[str, Any]:
+    return {"content": body} if isinstance(body, bytes) else {"json": body}
+
+
 def _did_work(template: str) -> Callable[[httpx.Response], list[str]] | None:
     """Deploy and rollback can succeed doing nothing; the matrix's requests must do something."""
     if template == "/v1/apps/{app}/secrets/deploy":
@@ -471,14 +490,9 @@ def attempts_for(world: World, holder: Holder) -> list[Attempt]:
         for org, app in targets:
             n = next(counter)
             url = prepare(world, method, template, org, app, n)
-            body = BODIES[(method, template)](n) if method in SENDS_BODY else None
-            if template == "/v1/apps/{app}/artifacts/{digest}" and method == "PUT":
-                body = _artifact(n)[1]  # the raw artifact, matching the digest in the URL
-            elif template == "/v1/apps/{app}/deploys":
-                digest, data = _artifact(n)
-                _store(world, data)
-                body = {"artifact": digest, "config": DEPLOY_CONFIG.format(app=app)}
-            attempt = Attempt(method, template, url, org, app, body)
+            attempt = Attempt(
+                method, template, url, org, app, body_for(world, method, template, app, n)
+            )
             if url in ("/v1/orgs", "/v1/apps") and method == "GET":
                 attempt.check = _listing_check(holder, url)
             else:
@@ -517,10 +531,7 @@ def test_matrix(world: World, name: str) -> None:
         spec = ROUTES[(attempt.method, attempt.template)]
         want = expected_denial(holder, spec.action, attempt.org, attempt.app)
         before = world.services.store.revision()
-        payload = (
-            {"content": attempt.body} if isinstance(attempt.body, bytes) else {"json": attempt.body}
-        )
-        response = world.call(attempt.method, attempt.url, token, **payload)
+        response = world.call(attempt.method, attempt.url, token, **as_payload(attempt.body))
         got = response.status_code
         code = response.json().get("error", {}).get("code") if got >= 400 else None
         mutating = attempt.method != "GET"
