@@ -284,6 +284,15 @@ def edge_component(settings: Settings, ports: EdgePorts, api: tuple[str, int]) -
     )
 
 
+def agent_component(settings: Settings) -> Component:
+    """The agent: runs each app's latest release as a machine and routes the edge to it."""
+    return Component(
+        name="agent",
+        argv=[sys.executable, "-m", "aerodrome.runtime.agent"],
+        env=_component_env(settings),
+    )
+
+
 def _component_env(settings: Settings) -> dict[str, str]:
     return {
         "AERO_DATA_DIR": str(settings.data_dir),

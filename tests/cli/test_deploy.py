@@ -54,3 +54,81 @@ def test_a_bad_config_deploys_nothing(platform: Platform, tmp_path: Path) -> Non
     result = platform.aero("deploy", "-c", str(source / "aerodrome.toml"), check=False)
     assert result.returncode == 1
     assert "aerodrome.toml:10: http_service.internal_port must be 1-65535" in result.stderr
+
+
+def test_a_deployed_app_is_served_over_https_with_its_secret(
+    platform: Platform, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import time
+
+    import httpx
+
+    platform.aero("orgs", "create", "live-org")
+    platform.aero("apps", "create", "live-web", "--org", "live-org")
+    platform.aero("secrets", "set", "-a", "live-web", "API_KEY=-", stdin="k3y-for-live-web")
+    source = tmp_path / "live"
+    source.mkdir()
+    (source / "server.py").write_text(
+        "import http.server, json, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = json.dumps({'greeting': os.environ['GREETING'],\n"
+        "                           'key_length': len(os.environ['API_KEY'])}).encode()\n"
+        "        self.send_response(200); self.send_header('content-length', str(len(body)))\n"
+        "        self.end_headers(); self.wfile.write(body)\n"
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+    )
+    (source / "aerodrome.toml").write_text(
+        TOML.replace("deploy-web", "live-web").replace(
+            'app = "python3 -m http.server $PORT"', 'app = "python3 server.py"'
+        )
+    )
+    platform.aero("deploy", "-c", str(source / "aerodrome.toml"))
+    https_port = httpx.URL(platform.env["AERO_API_URL"]).port
+    name = "live-web.localhost"
+    deadline = time.monotonic() + 60
+    body = ""
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                platform.env["AERO_CA_BUNDLE"],
+                "--resolve",
+                f"{name}:{https_port}:127.0.0.1",
+                f"https://{name}:{https_port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        body = result.stdout
+        if result.returncode == 0 and "greeting" in body:
+            break
+        time.sleep(0.5)
+    assert json.loads(body) == {"greeting": "hello", "key_length": len("k3y-for-live-web")}
+    # A new secret value rolls the machine; the app sees it.
+    platform.aero("secrets", "set", "-a", "live-web", "API_KEY=-", stdin="a-longer-key-value-now")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                platform.env["AERO_CA_BUNDLE"],
+                "--resolve",
+                f"{name}:{https_port}:127.0.0.1",
+                f"https://{name}:{https_port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if '"key_length": 22' in result.stdout:
+            break
+        time.sleep(0.5)
+    assert json.loads(result.stdout)["key_length"] == len("a-longer-key-value-now")

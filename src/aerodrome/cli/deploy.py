@@ -83,7 +83,7 @@ def deploy(
     )
     if not detach:
         console.print(
-            "machines start from this release when the runtime agent runs it "
-            "(not part of this build yet)",
+            f"the agent rolls it out: its machine takes traffic once its check passes "
+            f"(`aero upstreams list -a {app}`)",
             style="dim",
         )

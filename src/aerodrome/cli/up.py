@@ -17,6 +17,7 @@ from aerodrome.up import (
     ENV_FILE,
     EdgePorts,
     Supervisor,
+    agent_component,
     api_component,
     bootstrap,
     certs_component,
@@ -71,7 +72,7 @@ def up(
     ] = "admin@localhost",
     json_mode: JsonFlag = False,
 ) -> None:
-    """Start the platform: API, certificate manager and edge (HTTPS for every app)."""
+    """Start the platform: API, certificate manager, edge (HTTPS for every app) and agent."""
     os.umask(0o077)  # everything the platform writes under the data directory is private
     settings = dataclasses.replace(Settings.from_env(data_dir), domain=domain.lower())
     _check_ports(host, {"--api-port": api_port})
@@ -92,6 +93,7 @@ def up(
             api_component(settings, host, api_port),
             certs_component(settings),
             edge_component(settings, ports, (host, api_port)),
+            agent_component(settings),
         ],
         log_dir,
         say=lambda line: console.print(line, highlight=False),
