@@ -14,7 +14,11 @@ from tests.cli.conftest import AERO, free_port, read_env, start_platform, stop_p
 
 def _api_children(data_dir: Path) -> list[int]:
     out = subprocess.run(
-        ["pgrep", "-f", "aerodrome.api.serve|aerodrome.edge|aerodrome.certs.manager"],
+        [
+            "pgrep",
+            "-f",
+            "aerodrome.api.serve|aerodrome.edge|aerodrome.certs.manager|aerodrome.runtime.agent",
+        ],
         capture_output=True,
         text=True,
     )
@@ -34,11 +38,11 @@ def test_second_run_reuses_state_and_sigterm_stops_everything(tmp_path: Path) ->
     port = free_port()
     first = start_platform(data_dir, port)
     token = read_env(data_dir / "aero.env")["AERO_API_TOKEN"]
-    assert len(_api_children(data_dir)) >= 4, "API, certificate manager, edge and its worker"
+    assert len(_api_children(data_dir)) >= 5, "API, certificates, edge, its worker and the agent"
     output = stop_platform(first)
     assert first.returncode == 0
     assert "aerodrome is up" in output
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while _api_children(data_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _api_children(data_dir), "SIGTERM must stop every process aero up started"
