@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
+import subprocess
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 from tests.cli.conftest import Platform
 
@@ -59,12 +65,6 @@ def test_a_bad_config_deploys_nothing(platform: Platform, tmp_path: Path) -> Non
 def test_a_deployed_app_is_served_over_https_with_its_secret(
     platform: Platform, tmp_path: Path
 ) -> None:
-    import json
-    import subprocess
-    import time
-
-    import httpx
-
     platform.aero("orgs", "create", "live-org")
     platform.aero("apps", "create", "live-web", "--org", "live-org")
     platform.aero("secrets", "set", "-a", "live-web", "API_KEY=-", stdin="k3y-for-live-web")
@@ -86,49 +86,27 @@ def test_a_deployed_app_is_served_over_https_with_its_secret(
         )
     )
     platform.aero("deploy", "-c", str(source / "aerodrome.toml"))
+    served = poll_app(platform, "live-web.localhost", lambda body: "greeting" in body)
+    assert json.loads(served) == {"greeting": "hello", "key_length": len("k3y-for-live-web")}
+    # A new secret value rolls the machine; the app sees it.
+    platform.aero("secrets", "set", "-a", "live-web", "API_KEY=-", stdin="a-longer-key-value-now")
+    served = poll_app(platform, "live-web.localhost", lambda body: '"key_length": 22' in body)
+    assert json.loads(served)["key_length"] == len("a-longer-key-value-now")
+
+
+def poll_app(platform: Platform, name: str, ready: Callable[[str], bool]) -> str:
+    """GET https://NAME/ through the edge with curl until `ready` (60 s at most); the last body."""
     https_port = httpx.URL(platform.env["AERO_API_URL"]).port
-    name = "live-web.localhost"
     deadline = time.monotonic() + 60
     body = ""
     while time.monotonic() < deadline:
         result = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "--cacert",
-                platform.env["AERO_CA_BUNDLE"],
-                "--resolve",
-                f"{name}:{https_port}:127.0.0.1",
-                f"https://{name}:{https_port}/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+            ["curl", "-sS", "--cacert", platform.env["AERO_CA_BUNDLE"], "--resolve",
+             f"{name}:{https_port}:127.0.0.1", f"https://{name}:{https_port}/"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
         body = result.stdout
-        if result.returncode == 0 and "greeting" in body:
+        if result.returncode == 0 and ready(body):
             break
         time.sleep(0.5)
-    assert json.loads(body) == {"greeting": "hello", "key_length": len("k3y-for-live-web")}
-    # A new secret value rolls the machine; the app sees it.
-    platform.aero("secrets", "set", "-a", "live-web", "API_KEY=-", stdin="a-longer-key-value-now")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        result = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "--cacert",
-                platform.env["AERO_CA_BUNDLE"],
-                "--resolve",
-                f"{name}:{https_port}:127.0.0.1",
-                f"https://{name}:{https_port}/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if '"key_length": 22' in result.stdout:
-            break
-        time.sleep(0.5)
-    assert json.loads(result.stdout)["key_length"] == len("a-longer-key-value-now")
+    return body

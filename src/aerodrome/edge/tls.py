@@ -131,7 +131,3 @@ class TlsManager:
 
     def hostname_of(self, sslobj: ssl.SSLObject) -> str | None:
         return self._names.get(id(sslobj.context))
-
-    @property
-    def hostnames(self) -> frozenset[str]:
-        return frozenset(self._contexts)

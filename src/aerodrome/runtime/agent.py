@@ -237,17 +237,6 @@ class Agent:
         for running in self.running.values():
             await running.machine.stop(grace=5)
 
-    def status(self) -> dict[str, object]:
-        return {
-            app_id: {
-                "release": r.release,
-                "port": r.port,
-                "failed": r.failed,
-                "machine": r.machine.spec.machine_id,
-            }
-            for app_id, r in self.running.items()
-        }
-
 
 def main() -> None:
     import signal
