@@ -1,28 +1,45 @@
-"""The agent rolls a release out: a machine from the artifact with its secrets, healthy, then
-the app's upstream; a release that never gets healthy leaves the previous one serving."""
+"""The agent rolls releases out as machines, keeps them healthy, and does what users ask.
+
+Each test runs a real agent against a real store: machines are real processes serving HTTP on
+loopback, with their secrets in the environment; what a user would see is asserted through the
+store (release status, machines, the edge's upstreams) and the machines' own answers."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from aerodrome.platform import apps as app_rules
+from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime.agent import Agent
 from aerodrome.runtime.artifact import build_artifact, store_artifact
 from aerodrome.secrets.values import SecretValue
 from aerodrome.services import Services
-from aerodrome.store.models import App, Upstream
+from aerodrome.store.models import App, Release, Token, Upstream
+from aerodrome.store.models import Machine as MachineRow
 
 SERVER = """\
-import http.server, os
+import http.server, os, pathlib, sys
+marker = os.environ.get("ONLY_ONE")
+if marker:  # the second machine of this release refuses to start
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        sys.exit(3)
+sick = os.environ.get("SICK_FILE")
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        pages = {"/healthz": "ok",
+        if self.path == "/healthz" and sick and pathlib.Path(sick).exists():
+            self.send_response(500); self.end_headers(); return
+        pages = {"/healthz": "ok", "/pid": str(os.getpid()),
                  "/": os.environ["GREETING"] + ":" + str(len(os.environ["API_KEY"]))}
         body = pages.get(self.path, "no such page").encode()
         self.send_response(200 if self.path in pages else 404)
@@ -31,17 +48,51 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): print("request", self.path, os.environ["API_KEY"], flush=True)
 http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 """
+SECRET = "s3cret-value-for-the-app"
+# The first test runs on both databases; the rest exercise the agent's logic, on SQLite.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-def release(services: Services, tmp_path: Path, name: str, check_path: str) -> int:
-    source = tmp_path / name
+@pytest.fixture
+def web(services: Services) -> App:
+    with services.store.write() as tx:
+        admin = org_rules.get_or_create_user(tx, "a@example.com")
+        org = org_rules.create_org(tx, "acme", None, admin)
+        app = app_rules.create_app(tx, org, "web", "production", admin.id)
+        release_rules.set_secrets(
+            tx,
+            services.keyring(tx.session),
+            services.digester,
+            app,
+            {"API_KEY": SecretValue(SECRET.encode())},
+        )
+    return app
+
+
+def release(
+    services: Services,
+    tmp_path: Path,
+    check_path: str = "/healthz",
+    *,
+    machines: int = 1,
+    strategy: str = "rolling",
+    env: dict[str, str] | None = None,
+    command: str = "python3 server.py",
+) -> int:
+    source = tmp_path / f"src{time.monotonic_ns()}"
     source.mkdir()
     (source / "server.py").write_text(SERVER)
+    extra = "".join(f'{k} = "{v}"\n' for k, v in (env or {}).items())
     config = f"""app = "web"
+kill_timeout = "2s"
 [env]
 GREETING = "hello"
+{extra}
 [processes]
-app = "python3 server.py"
+app = "{command}"
+[deploy]
+strategy = "{strategy}"
+machines = {machines}
 [http_service]
 internal_port = 8080
 [[http_service.checks]]
@@ -60,42 +111,264 @@ grace_period = "1s"
         ).number
 
 
-def test_the_agent_rolls_out_and_keeps_the_old_release_on_a_bad_one(
-    services: Services, tmp_path: Path
+def upstreams(services: Services) -> list[str]:
+    with services.store.read() as session:
+        return sorted(u.address for u in session.execute(select(Upstream)).scalars())
+
+
+def machines(services: Services) -> list[MachineRow]:
+    with services.store.read() as session:
+        rows = list(session.execute(select(MachineRow).order_by(MachineRow.created_at)).scalars())
+        session.expunge_all()
+        return rows
+
+
+def status(services: Services, number: int) -> tuple[str, str]:
+    with services.store.read() as session:
+        row = session.execute(select(Release).where(Release.number == number)).scalar_one()
+        return row.status, row.status_reason
+
+
+async def settle(agent: Agent) -> None:
+    await agent.converge()
+    await agent.idle()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], agent: Agent, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await agent.converge()
+        await agent.supervise()
+        if await condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the agent did not get there in time")
+
+
+async def get(address: str, path: str = "/") -> str:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"http://{address}{path}")).text
+
+
+def test_a_release_serves_with_its_secrets_and_a_bad_one_leaves_it_serving(
+    services: Services, web: App, tmp_path: Path
 ) -> None:
-    secret = "s3cret-value-for-the-app"
-    with services.store.write() as tx:
-        admin = org_rules.get_or_create_user(tx, "a@example.com")
-        org = org_rules.create_org(tx, "acme", None, admin)
-        app = app_rules.create_app(tx, org, "web", "production", admin.id)
-        release_rules.set_secrets(
-            tx,
-            services.keyring(tx.session),
-            services.digester,
-            app,
-            {"API_KEY": SecretValue(secret.encode())},
-        )
-    first = release(services, tmp_path, "v1", "/healthz")
+    first = release(services, tmp_path)
     agent = Agent(services)
 
-    def upstreams() -> list[str]:
-        with services.store.read() as session:
-            return [u.address for u in session.execute(select(Upstream)).scalars()]
-
     async def scenario() -> None:
-        await agent.converge()
-        running = agent.running[app.id]
-        assert running.release == first
-        assert upstreams() == [f"127.0.0.1:{running.port}"]
-        async with httpx.AsyncClient() as client:
-            seen = (await client.get(f"http://127.0.0.1:{running.port}/")).text
-        assert seen == f"hello:{len(secret)}"  # the app sees its secret and its [env]
-        bad = release(services, tmp_path, "v2", "/never")  # its check never passes
-        await agent.converge()
-        assert agent.running[app.id].release == first and agent.abandoned[app.id] == bad
-        assert upstreams() == [f"127.0.0.1:{running.port}"]  # the old machine still serves
+        await settle(agent)
+        [running] = agent.of_app(web.id)
+        assert running.release == first and status(services, first) == ("complete", "")
+        assert upstreams(services) == [running.address]
+        assert await get(running.address) == f"hello:{len(SECRET)}"  # its secret and [env]
+        [row] = machines(services)
+        assert (row.state, row.health, row.release) == ("started", "passing", first)
+
+        bad = release(services, tmp_path, "/never")  # its check never passes
+        await settle(agent)
+        assert [r.release for r in agent.of_app(web.id)] == [first]
+        state, reason = status(services, bad)
+        assert state == "failed" and "check GET /never never passed (HTTP 404)" in reason
+        assert upstreams(services) == [running.address]  # the old machine still serves
+        assert [m.release for m in machines(services)] == [first]  # nothing half-deployed
+        await settle(agent)  # a failed release is not retried
+        assert [r.release for r in agent.of_app(web.id)] == [first]
         await agent.shutdown()
 
     asyncio.run(scenario())
-    logged = "\n".join(line.message for line in agent.logs.read(app.id))
-    assert "request /" in logged and secret not in logged and "[REDACTED]" in logged
+    logged = "\n".join(line.message for line in agent.logs.read(web.id))
+    assert "request /" in logged and SECRET not in logged and "[REDACTED]" in logged
+
+
+@sqlite_only
+def test_a_rolling_deploy_replaces_one_machine_at_a_time(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    release(services, tmp_path, machines=3)
+    agent = Agent(services)
+    seen: list[tuple[int, int]] = []  # (machines alive, routed upstreams) while deploying
+
+    async def watch(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            alive = sum(1 for r in agent.machines.values() if r.machine.running)
+            seen.append((alive, len(upstreams(services))))
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        await settle(agent)
+        first = {r.machine_id for r in agent.of_app(web.id)}
+        assert len(first) == 3 and len(upstreams(services)) == 3
+        second = release(services, tmp_path, machines=3)
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch(stop))
+        await settle(agent)
+        stop.set()
+        await watcher
+        now = agent.of_app(web.id)
+        assert {r.release for r in now} == {second} and not first & {r.machine_id for r in now}
+        assert upstreams(services) == sorted(r.address for r in now)
+        await agent.shutdown()
+
+    asyncio.run(scenario())
+    assert max(alive for alive, _ in seen) == 4  # one new machine at a time, never all at once
+    assert min(routed for _, routed in seen) >= 2  # at most one machine out of the route table
+
+
+@sqlite_only
+def test_an_immediate_deploy_starts_every_machine_before_stopping_any(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    release(services, tmp_path, machines=2, strategy="immediate")
+    agent = Agent(services)
+    alive: list[int] = []
+
+    async def scenario() -> None:
+        await settle(agent)
+        release(services, tmp_path, machines=2, strategy="immediate")
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                alive.append(sum(1 for r in agent.machines.values() if r.machine.running))
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        await settle(agent)
+        stop.set()
+        await watcher
+        assert len(agent.of_app(web.id)) == 2 and len(upstreams(services)) == 2
+        await agent.shutdown()
+
+    asyncio.run(scenario())
+    assert max(alive) == 4
+
+
+@sqlite_only
+def test_a_deploy_that_fails_on_its_second_machine_rolls_back_by_itself(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    first = release(services, tmp_path, machines=2)
+    agent = Agent(services)
+
+    async def scenario() -> None:
+        await settle(agent)
+        bad = release(services, tmp_path, machines=2, env={"ONLY_ONE": str(tmp_path / "once")})
+        await settle(agent)
+        assert status(services, bad)[0] == "failed"
+        assert "exited with code 3" in status(services, bad)[1]
+        assert sorted(r.release for r in agent.of_app(web.id)) == [first, first]
+        assert sorted(m.release for m in machines(services)) == [first, first]
+        assert upstreams(services) == sorted(r.address for r in agent.of_app(web.id))
+        for running in agent.of_app(web.id):
+            assert await get(running.address) == f"hello:{len(SECRET)}"
+        await agent.shutdown()
+
+    asyncio.run(scenario())
+
+
+@sqlite_only
+def test_machines_stop_start_and_restart_on_request_and_lose_their_credential(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    release(services, tmp_path)
+    agent = Agent(services)
+
+    def ask(what: str, machine_id: str) -> None:
+        with services.store.write() as tx:
+            machine_rules.request(tx, tx.session.merge(web), machine_id, what)
+
+    def credentials() -> list[bool]:
+        with services.store.read() as session:
+            rows = session.execute(select(Token).where(Token.kind == "machine")).scalars()
+            return [row.revoked_at is not None for row in rows]
+
+    async def scenario() -> None:
+        await settle(agent)
+        [running] = agent.of_app(web.id)
+        pid = await get(running.address, "/pid")
+        assert credentials() == [False]
+
+        ask("stop", running.machine_id)
+        await settle(agent)
+        assert not running.machine.running and upstreams(services) == []
+        assert machines(services)[0].state == "stopped"
+        assert credentials() == [True]  # a stopped machine's credential unseals nothing
+
+        ask("start", running.machine_id)
+        await settle(agent)
+        assert running.machine.running and upstreams(services) == [running.address]
+        ask("restart", running.machine_id)
+        await settle(agent)
+        assert await get(running.address, "/pid") not in (pid, "")
+        assert machines(services)[0].state == "started"
+        assert credentials() == [True, True, False]
+        await agent.shutdown()
+        assert credentials() == [True, True, True]
+
+    asyncio.run(scenario())
+
+
+@sqlite_only
+def test_a_machine_failing_its_check_leaves_the_route_table_until_it_passes(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    sick = tmp_path / "sick"
+    release(services, tmp_path, env={"SICK_FILE": str(sick)})
+    agent = Agent(services)
+
+    async def scenario() -> None:
+        await settle(agent)
+        [running] = agent.of_app(web.id)
+        sick.touch()
+
+        async def unrouted() -> bool:
+            return upstreams(services) == []
+
+        await until(unrouted, agent, 10)
+        assert machines(services)[0].health == "failing"
+        sick.unlink()
+
+        async def routed() -> bool:
+            return upstreams(services) == [running.address]
+
+        await until(routed, agent, 10)
+        assert machines(services)[0].health == "passing"
+        await agent.shutdown()
+
+    asyncio.run(scenario())
+
+
+@sqlite_only
+def test_a_crashing_machine_restarts_then_is_marked_failed(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    release(services, tmp_path)
+    agent = Agent(services)
+
+    async def scenario() -> None:
+        await settle(agent)
+        [running] = agent.of_app(web.id)
+        assert running.machine.process is not None
+        running.machine.process.kill()
+
+        async def back() -> bool:
+            return running.machine.running and upstreams(services) == [running.address]
+
+        await until(back, agent, 10)  # restarted, checked, routed again
+        # now it exits at once, every time
+        running.machine.spec = type(running.machine.spec)(
+            **{**running.machine.spec.__dict__, "command": "exit 7"}
+        )
+        running.machine.process.kill()
+
+        async def failed() -> bool:
+            return machines(services)[0].state == "failed"
+
+        await until(failed, agent, 30)
+        row = machines(services)[0]
+        assert "exited 5 times in 60s" in row.reason and "last exit code 7" in row.reason
+        assert upstreams(services) == []
+        await agent.shutdown()
+
+    asyncio.run(scenario())

@@ -491,6 +491,9 @@ def create_release(
         description=description,
         created_by=tx.audit_ctx.actor,
     )
+    # Something to roll out makes it pending until the agent has it serving; a release of an
+    # app with no code yet (upstreams registered by hand) has nothing to wait for.
+    release.status = "pending" if release.artifact and release.config else "complete"
     tx.session.add(release)
     tx.session.flush()
     tx.changed("release", release.id, "create")

@@ -1,12 +1,20 @@
-"""The agent: runs each app's latest release as a machine, and moves traffic to it.
+"""The agent: runs each app's current release as machines, and moves traffic between them.
 
-It follows the store's revision. When an app's latest release (with an artifact and a
-configuration) is not the one its machine runs, it rolls it out: unpack the artifact, mint a
-machine credential, unseal the release's secrets with it, start the machine on a free loopback
-port, wait for its check to pass, register it as the app's upstream, drop the old upstream,
-then stop the old machine. A release whose machine never passes its check is abandoned and the
-previous machine keeps serving. A machine that exits is restarted with backoff; one that keeps
-crashing is marked failed.
+It follows the store's revision and converges. For each app, the release to run is the newest
+one with code (artifact and configuration) that has not failed. When the machines of an app do
+not run it, the agent rolls it out with the release's `[deploy] strategy`:
+
+- `rolling` (default): one machine at a time — start a new machine, wait for its check, route
+  to it, stop routing to an old one, drain, stop it. A machine that never passes its check
+  aborts the deploy: the release is marked failed, and any machine already replaced is rolled
+  back to the previous release, so the previous release keeps serving.
+- `immediate`: all new machines at once; traffic moves only when every one passes its check.
+
+Machines are checked for as long as they run; the edge routes only to passing ones. A machine
+that exits is restarted with backoff; five exits in a minute mark it failed. Users ask for a
+machine to stop, start or restart through the API (`desired`, `generation`); the agent does it.
+Every machine start mints a machine credential that the machine's code never sees (it unseals
+the secrets and backs the machine-local API); it is revoked when that process stops.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from sqlalchemy import select
@@ -26,22 +36,26 @@ from sqlalchemy import select
 from aerodrome.config import Settings
 from aerodrome.ids import new_id
 from aerodrome.platform import http_service as upstream_rules
-from aerodrome.platform import secrets as release_rules
+from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import tokens as token_records
 from aerodrome.runtime.artifact import unpack_artifact
-from aerodrome.runtime.config import AppConfig, load_config
+from aerodrome.runtime.config import AppConfig, Check, load_config
 from aerodrome.runtime.logstore import LogStore
 from aerodrome.runtime.machine import LogLine, Machine, MachineSpec
 from aerodrome.secrets.machine import unseal_for_machine
 from aerodrome.secrets.redact import Redactor
 from aerodrome.services import Services
-from aerodrome.store.db import Audit
-from aerodrome.store.models import App, Release
+from aerodrome.store.db import Audit, Tx
+from aerodrome.store.models import App, Release, Token, Upstream
+from aerodrome.store.models import Machine as MachineRow
 from aerodrome.tokens.mint import Scope
 
 log = logging.getLogger("aerodrome.agent")
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 5
+DRAIN = 1.0  # the edge polls the store every 0.5 s: after this, no new request reaches it
+FAILING_AFTER = 2  # consecutive failed checks before a started machine leaves the route table
+NO_CHECK_WAIT = 15.0  # without a check: how long the port may take to open
 
 
 def free_port() -> int:
@@ -50,15 +64,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class StartFailed(Exception):
+    """A machine did not get healthy; the message says why, in words for the user."""
+
+
 @dataclass
 class Running:
+    """One machine this agent supervises."""
+
     app_id: str
+    app_name: str
     release: int
+    config: AppConfig
     machine: Machine
     port: int
-    upstream_id: str | None = None
+    credential_id: str = ""
+    generation: int = 0
+    upstream_id: str | None = None  # set while the edge routes to it
+    healthy: bool = False
+    failures: int = 0  # consecutive failed checks
+    next_check: float = 0.0
     crashes: list[float] = field(default_factory=list)
+    restart_at: float = 0.0
+    stopped: bool = False  # stopped on purpose (request, retirement): not a crash
     failed: str = ""
+
+    @property
+    def machine_id(self) -> str:
+        return self.machine.spec.machine_id
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 class Agent:
@@ -67,180 +104,517 @@ class Agent:
         self.region = region
         self.settings: Settings = services.settings
         self.logs = LogStore(self.settings.data_dir / "logs" / "apps")
-        self.running: dict[str, Running] = {}
-        self.abandoned: dict[str, int] = {}  # app id -> release that failed its checks
+        self.machines: dict[str, Running] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # app id -> its rollout or request
         self._revision = -1
         self._audit = Audit(actor="agent")
+        self._client: httpx.AsyncClient | None = None  # made in the loop that uses it
 
     # -- following the store -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, interval: float = 0.5) -> None:
+        await asyncio.to_thread(self.forget_previous_run)
         while not stop.is_set():
             try:
                 await self.converge()
-                await self.watch_crashes()
-            except Exception as exc:  # keep serving what runs; try again next round
-                log.error("agent round failed: %s", type(exc).__name__)
+                await self.supervise()
+            except Exception:  # keep serving what runs; try again next round
+                log.exception("agent round failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
         await self.shutdown()
 
-    def _wanted(self) -> list[tuple[App, Release]]:
+    def forget_previous_run(self) -> None:
+        """Machines recorded by an agent that is gone no longer run: drop them and their
+        routes, so the releases they ran are rolled out afresh."""
+        with self.services.store.write(self._audit) as tx:
+            rows = tx.session.execute(
+                select(MachineRow).where(MachineRow.region == self.region)
+            ).scalars()
+            for row in list(rows):
+                if row.id in self.machines:
+                    continue
+                if row.address:
+                    self._unroute_address(tx, row.app_id, row.address)
+                machine_rules.destroy_machine(tx, row.id)
+
+    @staticmethod
+    def _unroute_address(tx: Tx, app_id: str, address: str) -> None:
+        stale = tx.session.execute(
+            select(Upstream).where(Upstream.app_id == app_id, Upstream.address == address)
+        ).scalar_one_or_none()
+        app = tx.session.get(App, app_id)
+        if stale is not None and app is not None:
+            upstream_rules.remove_upstream(tx, app, stale.id)
+
+    def _desired(self) -> tuple[list[tuple[App, Release]], dict[str, MachineRow]]:
         with self.services.store.read() as session:
-            out = []
+            wanted = []
             for app in session.execute(select(App)).scalars():
-                release = release_rules.latest_release(session, app.id)
-                if release is not None and release.artifact and release.config:
-                    out.append((app, release))
-            return out
+                release = session.execute(
+                    select(Release)
+                    .where(
+                        Release.app_id == app.id,
+                        Release.artifact.is_not(None),
+                        Release.config.is_not(None),
+                        Release.status != "failed",
+                    )
+                    .order_by(Release.number.desc())
+                    .limit(1)
+                ).scalar_one_or_none()
+                if release is not None:
+                    wanted.append((app, release))
+            rows = {
+                row.id: row
+                for row in session.execute(
+                    select(MachineRow).where(MachineRow.region == self.region)
+                ).scalars()
+            }
+            session.expunge_all()
+            return wanted, rows
 
     async def converge(self) -> None:
+        self._tasks = {k: t for k, t in self._tasks.items() if not t.done()}
         revision = await asyncio.to_thread(self.services.store.revision)
         if revision == self._revision:
             return
-        wanted = await asyncio.to_thread(self._wanted)
+        wanted, rows = await asyncio.to_thread(self._desired)
         self._revision = revision
+        present = {app.id for app, _ in wanted}
+        for running in list(self.machines.values()):
+            if running.app_id not in present and running.app_id not in self._tasks:
+                await self._discard(running)  # the app or its code is gone
         for app, release in wanted:
-            current = self.running.get(app.id)
-            if current is not None and current.release == release.number:
+            if app.id in self._tasks:
+                self._revision = -1  # look again once that work is done
                 continue
-            if self.abandoned.get(app.id) == release.number:
+            mine = self.of_app(app.id)
+            config = load_config(release.config or "")
+            if len(mine) != config.machines or any(r.release != release.number for r in mine):
+                self._spawn(app.id, self.roll_out(app, release))
                 continue
-            await self.roll_out(app, release)
+            requests = [(r, rows[r.machine_id]) for r in mine if r.machine_id in rows]
+            if any(self._asks(r, row) for r, row in requests):
+                self._spawn(app.id, self._honour(app, requests))
 
-    # -- one release ---------------------------------------------------------------------------
+    async def idle(self) -> None:
+        """Wait for every rollout and request in progress (tests and shutdown)."""
+        while pending := [t for t in self._tasks.values() if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
-    async def roll_out(self, app: App, release: Release) -> bool:
+    def _spawn(self, app_id: str, work: object) -> None:
+        assert asyncio.iscoroutine(work)
+        self._tasks[app_id] = asyncio.create_task(work)
+
+    def of_app(self, app_id: str) -> list[Running]:
+        return [r for r in self.machines.values() if r.app_id == app_id]
+
+    @staticmethod
+    def _asks(running: Running, row: MachineRow) -> bool:
+        wants_stop = row.desired == "stopped"
+        return wants_stop != running.stopped or row.generation != running.generation
+
+    # -- a release -----------------------------------------------------------------------------
+
+    async def roll_out(self, app: App, release: Release) -> None:
         config = load_config(release.config or "")
-        machine_id = new_id("mch")
+        old = sorted(self.of_app(app.id), key=lambda r: r.release != release.number)
+        await self._status(app, release.number, "running")
         try:
-            started = await self._start(app, release, config, machine_id)
-        except Exception as exc:
-            log.error("release %s of %s did not start: %s", release.number, app.name, exc)
-            self.abandoned[app.id] = release.number
-            return False
-        if not await self._healthy(started, config):
-            log.error(
-                "release %s of %s failed its checks; keeping the previous one",
-                release.number,
-                app.name,
-            )
-            await started.machine.stop(grace=5)
-            self.abandoned[app.id] = release.number
-            return False
-        previous = self.running.get(app.id)
-        with self.services.store.write(self._audit) as tx:
-            row = upstream_rules.add_upstream(
-                tx, tx.session.merge(app), f"127.0.0.1:{started.port}"
-            )
-            started.upstream_id = row.id
-            if previous is not None and previous.upstream_id:
-                upstream_rules.remove_upstream(tx, tx.session.merge(app), previous.upstream_id)
-        self.running[app.id] = started
-        if previous is not None:
-            await asyncio.sleep(1.0)  # the edge polls every 0.5 s: drain before stopping
-            await previous.machine.stop()
-        log.info("release %s of %s serves on port %s", release.number, app.name, started.port)
-        return True
+            if config.strategy == "immediate":
+                await self._immediate(app, release, config, old)
+            else:
+                await self._rolling(app, release, config, old)
+        except StartFailed as failure:
+            log.error("release %s of %s failed: %s", release.number, app.name, failure)
+            await self._status(app, release.number, "failed", str(failure))
+            await self._recover(app, release.number)
+            return
+        for extra in [r for r in self.of_app(app.id) if r.release != release.number]:
+            await self._retire(app, extra)  # more old machines than the new release wants
+        await self._status(app, release.number, "complete")
+        log.info(
+            "release %s of %s serves on %s machine(s)", release.number, app.name, config.machines
+        )
 
-    async def _start(
-        self, app: App, release: Release, config: AppConfig, machine_id: str
-    ) -> Running:
+    async def _rolling(
+        self, app: App, release: Release, config: AppConfig, old: list[Running]
+    ) -> None:
+        keep = [r for r in old if r.release == release.number]  # a crash-free partial rollout
+        replace = [r for r in old if r.release != release.number]
+        for _ in range(len(keep), config.machines):
+            new = await self._launch(app, release, config)
+            before = replace.pop(0) if replace else None
+            await self._switch(app, config, add=[new], remove=[before] if before else [])
+            if before is not None:
+                await self._retire(app, before)
+
+    async def _immediate(
+        self, app: App, release: Release, config: AppConfig, old: list[Running]
+    ) -> None:
+        started = await asyncio.gather(
+            *(self._launch(app, release, config) for _ in range(config.machines)),
+            return_exceptions=True,
+        )
+        fresh = [m for m in started if isinstance(m, Running)]
+        failures = [m for m in started if isinstance(m, BaseException)]
+        if failures:
+            for machine in fresh:
+                await self._discard(machine)
+            raise (
+                failures[0]
+                if isinstance(failures[0], StartFailed)
+                else StartFailed(f"a machine did not start: {type(failures[0]).__name__}")
+            )
+        await self._switch(app, config, add=fresh, remove=old)
+        await asyncio.gather(*(self._retire(app, r) for r in old))
+
+    async def _recover(self, app: App, failed: int) -> None:
+        """After a failed deploy: machines already moved to the failed release go back to the
+        newest good one (a rolling deploy that failed on its second machine)."""
+        if not any(r.release == failed for r in self.of_app(app.id)):
+            return
+        wanted, _ = await asyncio.to_thread(self._desired)
+        for candidate, release in wanted:
+            if candidate.id == app.id:
+                log.info("rolling %s back to release %s", app.name, release.number)
+                with contextlib.suppress(StartFailed):
+                    await self._rolling(
+                        app, release, load_config(release.config or ""), self.of_app(app.id)
+                    )
+
+    async def _status(self, app: App, number: int, status: str, reason: str = "") -> None:
+        def write() -> None:
+            with self.services.store.write(self._audit) as tx:
+                machine_rules.set_release_status(tx, tx.session.merge(app), number, status, reason)
+
+        await asyncio.to_thread(write)
+
+    # -- one machine ---------------------------------------------------------------------------
+
+    async def _launch(self, app: App, release: Release, config: AppConfig) -> Running:
+        """A new machine running `release`, passing its check; or StartFailed, leaving nothing."""
+        machine_id = new_id("mch")
         workdir = self.settings.data_dir / "machines" / machine_id
-        code = workdir / "app"
-        artifact = (
-            self.settings.data_dir
-            / "artifacts"
-            / "sha256"
-            / (f"{(release.artifact or '').removeprefix('sha256:')}.tar.gz")
-        )
-        await asyncio.to_thread(unpack_artifact, artifact, code, release.artifact or "")
-        credential = await asyncio.to_thread(self._machine_credential, app, machine_id)
+        await asyncio.to_thread(self._record, app, machine_id, release.number)
+        try:
+            artifact = (
+                self.settings.data_dir / "artifacts" / "sha256"
+                / f"{(release.artifact or '').removeprefix('sha256:')}.tar.gz"
+            )  # fmt: skip
+            await asyncio.to_thread(
+                unpack_artifact, artifact, workdir / "app", release.artifact or ""
+            )
+            port = free_port()
+            spec = MachineSpec(
+                machine_id=machine_id, app=app.name, release=release.number,
+                region=self.region, command=config.command, workdir=workdir / "app", port=port,
+                env=config.env,
+            )  # fmt: skip
+            machine = Machine(spec, Redactor([]), lambda line: None)  # both set by _start
+            running = Running(app.id, app.name, release.number, config, machine, port)
+            self.machines[machine_id] = running
+            await self._start(running)
+            await self._wait_healthy(running)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, StartFailed) else None
+            running_or_none = self.machines.get(machine_id)
+            if running_or_none is not None:
+                await self._discard(running_or_none)
+            else:
+                await asyncio.to_thread(self._destroy, machine_id, workdir)
+            if failure is None and isinstance(exc, Exception):
+                log.exception("machine %s of %s did not start", machine_id, app.name)
+                failure = StartFailed(f"machine {machine_id} did not start: {type(exc).__name__}")
+            if failure is None:
+                raise
+            raise failure from None
+        return running
+
+    def _record(self, app: App, machine_id: str, release: int) -> None:
+        with self.services.store.write(self._audit) as tx:
+            machine_rules.create_machine(
+                tx, tx.session.merge(app), machine_id, release, self.region
+            )
+
+    def _destroy(self, machine_id: str, workdir: Path) -> None:
+        with self.services.store.write(self._audit) as tx:
+            machine_rules.destroy_machine(tx, machine_id)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def _report(self, machine_id: str, **fields: str) -> None:
+        with self.services.store.write(self._audit) as tx:
+            machine_rules.report(tx, machine_id, **fields)
+
+    async def _start(self, running: Running) -> None:
+        """Mint a credential, unseal this release's secrets with it, start the process."""
+        await asyncio.to_thread(self._report, running.machine_id, state="starting", reason="")
+        credential, credential_id = await asyncio.to_thread(self._credential, running)
+        running.credential_id = credential_id
         secrets = await asyncio.to_thread(
-            unseal_for_machine, self.services, credential, app.id, release.number, machine_id
-        )
-        port = free_port()
-        spec = MachineSpec(
-            machine_id=machine_id, app=app.name, release=release.number, region=self.region,
-            command=config.command, workdir=code, port=port, env=config.env,
+            unseal_for_machine, self.services, credential, running.app_id, running.release,
+            running.machine_id,
         )  # fmt: skip
-        redactor = Redactor(secrets.values())
+        del credential
+        running.machine.redactor = Redactor(secrets.values())
+        self._bind_logs(running)
+        running.stopped, running.healthy, running.failures = False, False, 0
+        await running.machine.start(secrets)
+
+    def _bind_logs(self, running: Running) -> None:
+        app_id, region = running.app_id, self.region
 
         def sink(line: LogLine) -> None:
-            self.logs.append(app.id, line, self.region)
+            self.logs.append(app_id, line, region)
 
-        machine = Machine(spec, redactor, sink)
-        await machine.start(secrets)
-        return Running(app.id, release.number, machine, port)
+        running.machine.sink = sink
 
-    def _machine_credential(self, app: App, machine_id: str) -> str:
+    def _credential(self, running: Running) -> tuple[str, str]:
         with self.services.store.write(self._audit) as tx:
-            minted, _ = token_records.create_token(
+            app = tx.session.get(App, running.app_id)
+            assert app is not None
+            minted, row = token_records.create_token(
                 tx, self.services.root,
-                Scope("machine", org_id=app.org_id, app_id=app.id, machine_id=machine_id),
-                created_by="agent", name=f"machine {machine_id}",
+                Scope("machine", org_id=app.org_id, app_id=app.id, machine_id=running.machine_id),
+                created_by="agent", name=f"machine {running.machine_id}",
             )  # fmt: skip
-        return minted.token
+            return minted.token, row.id
 
-    async def _healthy(self, running: Running, config: AppConfig) -> bool:
-        """The first check of [http_service] passes, or (without one) the port answers."""
+    def _revoke_credential(self, running: Running) -> None:
+        if not running.credential_id:
+            return
+        with self.services.store.write(self._audit) as tx:
+            row = tx.session.get(Token, running.credential_id)
+            if row is not None and row.revoked_at is None:
+                token_records.revoke_record(tx, row)
+        running.credential_id = ""
+
+    async def _wait_healthy(self, running: Running) -> None:
+        """Until the first check of [http_service] passes (or, with none, the port answers)."""
+        check = self._check_of(running.config)
+        deadline = time.monotonic() + (
+            check.grace_period + max(10.0, 5 * check.timeout) if check else NO_CHECK_WAIT
+        )
+        last = "it never answered"
+        while time.monotonic() < deadline:
+            if not running.machine.running:
+                code = running.machine.process.returncode if running.machine.process else None
+                raise StartFailed(
+                    f"machine {running.machine_id} exited with code {code} before its check passed"
+                )
+            ok, last = await self._probe(running, check)
+            if ok:
+                running.healthy, running.next_check = True, time.monotonic() + self._interval(check)
+                await asyncio.to_thread(
+                    self._report, running.machine_id, state="started", health="passing",
+                    address=running.address,
+                )  # fmt: skip
+                return
+            await asyncio.sleep(0.2)
+        what = f"check {check.method} {check.path}" if check else f"port {running.port}"
+        raise StartFailed(f"machine {running.machine_id}: {what} never passed ({last})")
+
+    @staticmethod
+    def _check_of(config: AppConfig) -> Check | None:
         checks = config.http_service.checks if config.http_service else ()
-        check = checks[0] if checks else None
-        deadline = time.monotonic() + (check.grace_period + 10 * check.timeout if check else 15.0)
-        async with httpx.AsyncClient(timeout=check.timeout if check else 2.0) as client:
-            while time.monotonic() < deadline:
-                if not running.machine.running:
-                    return False
-                try:
-                    if check is None:
-                        _, writer = await asyncio.open_connection("127.0.0.1", running.port)
-                        writer.close()
-                        return True
-                    response = await client.request(
-                        check.method, f"http://127.0.0.1:{running.port}{check.path}"
-                    )
-                    if response.status_code < 400:
-                        return True
-                except (OSError, httpx.HTTPError):
-                    pass
-                await asyncio.sleep(0.2)
-        return False
+        return checks[0] if checks else None
 
-    # -- crashes and shutdown ------------------------------------------------------------------
+    @staticmethod
+    def _interval(check: Check | None) -> float:
+        return check.interval if check else 10.0
 
-    async def watch_crashes(self) -> None:
-        for running in list(self.running.values()):
-            if running.machine.running or running.failed:
-                continue
-            now = time.monotonic()
-            running.crashes = [t for t in running.crashes if now - t < CRASH_WINDOW] + [now]
-            if len(running.crashes) >= CRASH_LIMIT:
-                running.failed = f"crashed {len(running.crashes)} times in {CRASH_WINDOW:.0f}s"
-                log.error("machine %s failed: %s", running.machine.spec.machine_id, running.failed)
-                continue
-            await asyncio.sleep(min(2 ** len(running.crashes) * 0.25, 10.0))
-            with self.services.store.read() as session:
-                app = session.get(App, running.app_id)
-                release = release_rules.get_release(session, app, running.release) if app else None
-            if app is None or release is None:
-                continue
-            credential = await asyncio.to_thread(
-                self._machine_credential, app, running.machine.spec.machine_id
+    async def _probe(self, running: Running, check: Check | None) -> tuple[bool, str]:
+        try:
+            if check is None:
+                _, writer = await asyncio.open_connection("127.0.0.1", running.port)
+                writer.close()
+                return True, "port open"
+            if self._client is None:
+                self._client = httpx.AsyncClient(timeout=2.0)
+            response = await self._client.request(
+                check.method,
+                f"http://{running.address}{check.path}",
+                timeout=check.timeout,
             )
-            secrets = await asyncio.to_thread(
-                unseal_for_machine, self.services, credential, app.id, running.release,
-                running.machine.spec.machine_id,
+            return response.status_code < 400, f"HTTP {response.status_code}"
+        except (OSError, httpx.HTTPError) as exc:
+            return False, type(exc).__name__
+
+    # -- traffic -------------------------------------------------------------------------------
+
+    async def _switch(
+        self, app: App, config: AppConfig, add: list[Running], remove: list[Running]
+    ) -> None:
+        """In one transaction: route to `add`, stop routing to `remove`, apply the release's
+        [http_service] settings to the edge."""
+
+        def write() -> None:
+            with self.services.store.write(self._audit) as tx:
+                row = tx.session.merge(app)
+                for running in add:
+                    running.upstream_id = upstream_rules.add_upstream(tx, row, running.address).id
+                for running in remove:
+                    self._unroute(tx, row, running)
+                if config.http_service is not None:
+                    current = upstream_rules.get_http_service(tx.session, app.id)
+                    if current != config.http_service.service:
+                        upstream_rules.set_http_service(
+                            tx, row, config.http_service.service.to_dict()
+                        )
+
+        await asyncio.to_thread(write)
+
+    @staticmethod
+    def _unroute(tx: Tx, app: App, running: Running) -> None:
+        if running.upstream_id and tx.session.get(Upstream, running.upstream_id) is not None:
+            upstream_rules.remove_upstream(tx, app, running.upstream_id)
+        running.upstream_id = None
+
+    async def _route(self, running: Running, routed: bool) -> None:
+        def write() -> None:
+            with self.services.store.write(self._audit) as tx:
+                app = tx.session.get(App, running.app_id)
+                if app is None:
+                    return
+                if routed and running.upstream_id is None:
+                    running.upstream_id = upstream_rules.add_upstream(tx, app, running.address).id
+                elif not routed:
+                    self._unroute(tx, app, running)
+
+        await asyncio.to_thread(write)
+
+    async def _stop(self, running: Running, reason: str) -> None:
+        """Drain (no new requests; open WebSockets stay), then the kill signal, then SIGKILL
+        after `kill_timeout`; the credential is revoked once the process is gone."""
+        running.stopped = True
+        if running.upstream_id is not None:
+            await self._route(running, routed=False)
+            await asyncio.sleep(DRAIN)
+        await asyncio.to_thread(self._report, running.machine_id, state="stopping", reason=reason)
+        await running.machine.stop(
+            grace=running.config.kill_timeout,
+            sig=getattr(signal, running.config.kill_signal, signal.SIGINT),
+        )
+        await asyncio.to_thread(self._revoke_credential, running)
+
+    async def _retire(self, app: App, running: Running) -> None:
+        await self._stop(running, "replaced")
+        self.machines.pop(running.machine_id, None)
+        await asyncio.to_thread(
+            self._destroy, running.machine_id, running.machine.spec.workdir.parent
+        )
+
+    async def _discard(self, running: Running) -> None:
+        """Stop and forget a machine that should not exist (failed start, app gone)."""
+        running.stopped = True
+        with contextlib.suppress(Exception):
+            await self._route(running, routed=False)
+        await running.machine.stop(grace=running.config.kill_timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._revoke_credential, running)
+        self.machines.pop(running.machine_id, None)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(
+                self._destroy, running.machine_id, running.machine.spec.workdir.parent
+            )
+
+    # -- requests, checks and crashes ----------------------------------------------------------
+
+    async def _honour(self, app: App, requests: list[tuple[Running, MachineRow]]) -> None:
+        """`aero machines stop|start|restart`: one machine at a time."""
+        for running, row in requests:
+            if row.desired == "stopped" and not running.stopped:
+                await self._stop(running, "stopped by request")
+                await asyncio.to_thread(self._report, running.machine_id, state="stopped")
+            elif row.desired == "started" and (
+                running.stopped or row.generation != running.generation
+            ):
+                if not running.stopped:
+                    await self._stop(running, "restarting by request")
+                running.generation, running.crashes, running.failed = row.generation, [], ""
+                try:
+                    await self._start(running)
+                    await self._wait_healthy(running)
+                    await self._route(running, routed=True)
+                except StartFailed as failure:
+                    await running.machine.stop(grace=running.config.kill_timeout)
+                    running.stopped = True
+                    await asyncio.to_thread(self._revoke_credential, running)
+                    await asyncio.to_thread(
+                        self._report, running.machine_id, state="failed", reason=str(failure)
+                    )
+            running.generation = row.generation
+
+    async def supervise(self) -> None:
+        """Checks for started machines; restarts (with backoff) for crashed ones."""
+        now = time.monotonic()
+        due = []
+        for running in list(self.machines.values()):
+            if running.stopped or running.failed or running.app_id in self._tasks:
+                continue
+            if not running.machine.running:
+                await self._crashed(running, now)
+            elif now >= running.next_check:
+                due.append(running)
+        await asyncio.gather(*(self._check(r) for r in due))
+
+    async def _check(self, running: Running) -> None:
+        check = self._check_of(running.config)
+        running.next_check = time.monotonic() + self._interval(check)
+        ok, detail = await self._probe(running, check)
+        running.failures = 0 if ok else running.failures + 1
+        if ok and not running.healthy:
+            running.healthy = True
+            await self._route(running, routed=True)
+            await asyncio.to_thread(
+                self._report, running.machine_id, state="started", health="passing", reason=""
+            )
+        elif not ok and running.healthy and running.failures >= FAILING_AFTER:
+            running.healthy = False
+            await self._route(running, routed=False)
+            await asyncio.to_thread(
+                self._report, running.machine_id, health="failing", reason=f"check: {detail}"
+            )
+
+    async def _crashed(self, running: Running, now: float) -> None:
+        if running.restart_at == 0.0:  # first noticed: take it out of the route table
+            code = running.machine.process.returncode if running.machine.process else None
+            running.crashes = [t for t in running.crashes if now - t < CRASH_WINDOW] + [now]
+            running.healthy = False
+            await self._route(running, routed=False)
+            await asyncio.to_thread(self._revoke_credential, running)
+            if len(running.crashes) >= CRASH_LIMIT:
+                running.failed = f"exited {len(running.crashes)} times in {CRASH_WINDOW:.0f}s"
+                log.error("machine %s failed: %s", running.machine_id, running.failed)
+                await asyncio.to_thread(
+                    self._report, running.machine_id, state="failed", health="failing",
+                    reason=f"{running.failed} (last exit code {code})",
+                )  # fmt: skip
+                return
+            running.restart_at = now + min(2 ** len(running.crashes) * 0.25, 10.0)
+            await asyncio.to_thread(
+                self._report, running.machine_id, state="starting", health="failing",
+                reason=f"exited with code {code}; restarting",
             )  # fmt: skip
-            await running.machine.start(secrets)
+            return
+        if now < running.restart_at:
+            return
+        running.restart_at = 0.0
+        await self._start(running)
+        running.next_check = 0.0  # route to it again once a check passes
 
     async def shutdown(self) -> None:
-        for running in self.running.values():
-            await running.machine.stop(grace=5)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for running in list(self.machines.values()):
+            await self._discard(running)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 def main() -> None:
-    import signal
-
     import uvloop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

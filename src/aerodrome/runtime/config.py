@@ -27,9 +27,20 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 RESERVED_ENV = ("PORT",)  # set by the platform; AERO_* too
+KILL_SIGNALS = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL")
+MAX_MACHINES = 16  # per app and region, on one host
 
 KEYS: dict[str, set[str]] = {
-    "": {"app", "primary_region", "env", "processes", "http_service", "deploy"},
+    "": {
+        "app",
+        "primary_region",
+        "kill_signal",
+        "kill_timeout",
+        "env",
+        "processes",
+        "http_service",
+        "deploy",
+    },
     "http_service": {
         "internal_port",
         "force_https",
@@ -43,7 +54,7 @@ KEYS: dict[str, set[str]] = {
     "http_service.checks": {"interval", "timeout", "grace_period", "method", "path"},
     "http_service.cors": {"origins", "methods", "headers", "credentials", "max_age"},
     "http_service.hsts": {"max_age", "include_subdomains"},
-    "deploy": {"strategy"},
+    "deploy": {"strategy", "machines"},
 }
 
 
@@ -84,6 +95,9 @@ class AppConfig:
     processes: dict[str, str] = field(default_factory=dict)
     http_service: HttpServiceConfig | None = None
     strategy: str = "rolling"
+    machines: int = 1  # aerodrome's own `[deploy] machines`: how many run the release
+    kill_signal: str = "SIGINT"  # fly.toml's default
+    kill_timeout: float = 5.0
 
     @property
     def command(self) -> str:
@@ -214,10 +228,30 @@ def load_config(text: str, filename: str = DEFAULT_FILE) -> AppConfig:
     strategy = deploy.get("strategy", "rolling")
     if strategy not in ("rolling", "immediate"):
         checker.fail("deploy", "strategy", 'must be "rolling" or "immediate"')
+    machines = deploy.get("machines", 1)
+    if (
+        isinstance(machines, bool)
+        or not isinstance(machines, int)
+        or not 1 <= machines <= MAX_MACHINES
+    ):
+        checker.fail("deploy", "machines", f"must be a whole number 1-{MAX_MACHINES}")
+        machines = 1
+    kill_signal = data.get("kill_signal", "SIGINT")
+    if kill_signal not in KILL_SIGNALS:
+        checker.fail("", "kill_signal", f"must be one of {', '.join(KILL_SIGNALS)}")
+    kill_timeout = parse_duration(data.get("kill_timeout", "5s"))
+    if isinstance(data.get("kill_timeout"), int):  # fly.toml's plain number is seconds here
+        kill_timeout = float(data["kill_timeout"])
+    if kill_timeout is None or not 0 <= kill_timeout <= 300:
+        checker.fail("", "kill_timeout", 'must be a duration up to 300s, such as "5s"')
+        kill_timeout = 5.0
 
     if checker.problems:
         raise ConfigError(checker.problems)
-    return AppConfig(str(app), str(region), env, processes, http, str(strategy))
+    return AppConfig(
+        str(app), str(region), env, processes, http, str(strategy), machines,
+        str(kill_signal), kill_timeout,
+    )  # fmt: skip
 
 
 def _http_service(checker: _Checker, data: dict[str, Any]) -> HttpServiceConfig | None:

@@ -104,6 +104,8 @@ class Machine:
         return f"Machine({self.spec.machine_id!r}, app={self.spec.app!r})"
 
     async def start(self, secrets: Mapping[str, SecretValue]) -> None:
+        if self.process is not None:  # a restart: reap the previous process and its pipes
+            await self.wait()
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
         self.process = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
@@ -158,16 +160,22 @@ class Machine:
     async def wait(self) -> int:
         assert self.process is not None
         code = await self.process.wait()
+        # The machine is its main process: once that is gone, so is anything it left behind
+        # (which would otherwise keep the output pipes, and a port, open).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         await asyncio.gather(*self._readers, return_exceptions=True)
         return code
 
-    async def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM to the whole process group, then SIGKILL after `grace` seconds."""
-        if self.process is None or self.process.returncode is not None:
-            return None if self.process is None else self.process.returncode
+    async def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """`sig` to the whole process group, then SIGKILL after `grace` seconds."""
+        if self.process is None:
+            return None
+        if self.process.returncode is not None:
+            return await self.wait()
         pgid = self.process.pid
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.killpg(pgid, sig)
         try:
             return await asyncio.wait_for(self.wait(), grace)
         except TimeoutError:

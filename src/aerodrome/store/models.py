@@ -221,6 +221,33 @@ class Release(Base):
     description: Mapped[str] = mapped_column(String(200), nullable=False, default="")
     created_by: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    # Fly's release states: pending (created), running (being rolled out), complete (serving),
+    # failed (abandoned: the previous release kept serving; `status_reason` says why).
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    status_reason: Mapped[str] = mapped_column(String(300), nullable=False, default="")
+
+
+class Machine(Base):
+    """A machine: one supervised process running a release of an app, in one region.
+
+    The agent writes `state`, `health`, `address` and `reason`; users write `desired`
+    (`started` / `stopped`) and bump `generation` to ask for a restart."""
+
+    __tablename__ = "machines"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app_id: Mapped[str] = mapped_column(
+        ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    release: Mapped[int] = mapped_column(Integer, nullable=False)
+    region: Mapped[str] = mapped_column(String(32), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="created")
+    desired: Mapped[str] = mapped_column(String(16), nullable=False, default="started")
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    health: Mapped[str] = mapped_column(String(16), nullable=False, default="unknown")
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(String(300), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
 class Upstream(Base):
