@@ -390,13 +390,20 @@ def test_the_socket_file(base: Path) -> None:
     (base / "file" / "api.sock").write_text("not a socket")
     with pytest.raises(FileExistsError):
         bind_private(base / "file" / "api.sock")
-    # A stale socket from an earlier run is replaced; close removes socket and directory.
-    stale = bind_private(base / "api" / "api.sock")
-    stale.close()
+    # Close removes the socket, and the directory if it made it.
     running = Background(base / "api" / "api.sock", lambda: ALLOW)
-    assert responses(exchange(running.path, GOOD))[0][0] == 200
     running.close()
     assert not (base / "api").exists()
+    # A stale socket from an earlier run is replaced; a directory it did not make stays.
+    stale = bind_private(base / "file" / "other.sock")
+    stale.close()
+    running = Background(base / "file" / "other.sock", lambda: ALLOW)
+    assert responses(exchange(running.path, GOOD))[0][0] == 200
+    running.close()
+    assert (base / "file").is_dir() and not (base / "file" / "other.sock").exists()
+    os.chown(base / "file", TEST, TEST)
+    with pytest.raises(PermissionError, match="belongs to uid"):
+        bind_private(base / "file" / "api.sock", owner_uid=PRODUCTION)
 
 
 # -- fuzzing ------------------------------------------------------------------------------------

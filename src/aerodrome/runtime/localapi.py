@@ -166,6 +166,7 @@ class LocalApi:
         self._connections: set[asyncio.Task[None]] = set()
         self._check_lock = asyncio.Lock()
         self._refused = ""
+        self._made_directory = False
 
     def __repr__(self) -> str:
         return f"LocalApi({str(self.path)!r}, machine={self.identity.machine!r})"
@@ -184,6 +185,7 @@ class LocalApi:
         """Listen on `path` (its directory is created 0700 if missing). With `owner_uid`, the
         socket and its directory belong to that uid (gid the same)."""
         api = cls(path, identity, check, header_timeout, max_connections)
+        api._made_directory = not os.path.lexists(path.parent)
         sock = bind_private(path, owner_uid)
         try:
             api._server = await asyncio.start_unix_server(api._serve, sock=sock, limit=MAX_HEAD + 2)
@@ -210,8 +212,9 @@ class LocalApi:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
-        with contextlib.suppress(OSError):
-            self.path.parent.rmdir()
+        if self._made_directory:
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
 
     # -- one connection ----------------------------------------------------------------------
 
@@ -321,17 +324,21 @@ class LocalApi:
 def bind_private(path: Path, owner_uid: int | None = None) -> socket.socket:
     """A listening Unix socket at `path`, mode 0600, in a directory that is mode 0700.
 
-    The directory is created 0700 (an existing one must be a real directory, not a link, and
-    is made 0700), and the socket is bound under umask 077, so neither is ever reachable by
-    anyone else, not even for a moment. With `owner_uid`, both are then given to that uid."""
+    The directory is created 0700 (an existing one must be a real directory, not a link,
+    owned by us or `owner_uid`, and is made 0700), and the socket is bound under umask 077, so
+    neither is ever reachable by anyone else, not even for a moment. With `owner_uid`, both are
+    then given to that uid."""
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise ValueError(f"socket path is longer than {MAX_SOCKET_PATH} bytes: {path}")
     directory = path.parent
     try:
         directory.mkdir(mode=0o700)
     except FileExistsError:
-        if not stat.S_ISDIR(directory.lstat().st_mode):
+        found = directory.lstat()
+        if not stat.S_ISDIR(found.st_mode):
             raise NotADirectoryError(f"{directory} is not a directory") from None
+        if found.st_uid not in (os.geteuid(), owner_uid):
+            raise PermissionError(f"{directory} belongs to uid {found.st_uid}") from None
     directory.chmod(0o700)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(path.lstat().st_mode):
