@@ -34,7 +34,7 @@ from aerodrome.runtime.localapi import (
     bind_private,
     parse_head,
 )
-from aerodrome.runtime.machine import LogLine, Machine, MachineSpec
+from aerodrome.runtime.machine import ENVIRONMENT_UIDS, LogLine, Machine, MachineSpec
 from aerodrome.secrets.redact import Redactor
 from aerodrome.services import Services
 from aerodrome.store.models import Token
@@ -50,7 +50,7 @@ IDENTITY = Identity(
     release=7,
     region="local",
 )
-PRODUCTION, TEST = 64000, 64001
+PRODUCTION, TEST = ENVIRONMENT_UIDS["production"], ENVIRONMENT_UIDS["test"]
 CURL = 'curl -sS -w "status=%{http_code}\\n" --unix-socket "$AERO_API_SOCKET" http://x/v1/self'
 
 

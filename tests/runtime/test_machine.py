@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from aerodrome.runtime.machine import (
+    ENVIRONMENT_UIDS,
     LogLine,
     Machine,
     MachineSpec,
@@ -160,7 +161,7 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
 
 # -- machines as an unprivileged uid (the tests run as root) -------------------------------------
 
-PRODUCTION, TEST = 64000, 64001
+PRODUCTION, TEST = ENVIRONMENT_UIDS["production"], ENVIRONMENT_UIDS["test"]
 
 
 @pytest.fixture

@@ -306,6 +306,7 @@ class LocalApi:
                 error_body(decision.reason, decision.message, decision.hint),
                 None,
             )
+        self._refused = ""
         return 200, asdict(self.identity), None
 
     async def _send(

@@ -33,8 +33,10 @@ PR_SET_NO_NEW_PRIVS = 38
 MAX_LINE = 16 * 1024  # a longer line is split; each piece is redacted
 DEFAULT_MEMORY = 512 * 1024 * 1024
 DEFAULT_OPEN_FILES = 1024
-# Fixed uids (gid = uid) per app environment, in the range Debian leaves to local use.
-ENVIRONMENT_UIDS = {"production": 64000, "test": 64001}
+# Fixed uids (gid = uid) per app environment. Chosen where nothing hands out ids: above
+# 65535, below 100000 (where /etc/subuid ranges start), outside systemd's DynamicUser range
+# (61184-65519) and Debian's on-demand range (60000-64999). No passwd entry is needed.
+ENVIRONMENT_UIDS = {"production": 70000, "test": 70001}
 
 
 def machine_uid(environment: str) -> int | None:
