@@ -7,13 +7,24 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import sys
+import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aerodrome.runtime.machine import LogLine, Machine, MachineSpec, machine_environment
+from aerodrome.runtime.machine import (
+    ENVIRONMENT_UIDS,
+    LogLine,
+    Machine,
+    MachineSpec,
+    hand_over,
+    machine_environment,
+    machine_uid,
+)
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
 
@@ -146,3 +157,87 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
         not Path(f"/proc/{child}").exists()
         or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
     )
+
+
+# -- machines as an unprivileged uid (the tests run as root) -------------------------------------
+
+PRODUCTION, TEST = ENVIRONMENT_UIDS["production"], ENVIRONMENT_UIDS["test"]
+
+
+@pytest.fixture
+def open_base() -> Iterator[Path]:
+    """A directory others may pass through (pytest's own tmp dirs are 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix="aero-mch-"))
+    base.chmod(0o711)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_machine_uid_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert os.geteuid() == 0, "these tests run as root (as the agent does in production)"
+    assert machine_uid("production") == PRODUCTION and machine_uid("test") == TEST
+    with pytest.raises(ValueError):
+        machine_uid("staging")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert machine_uid("production") is None  # an unprivileged agent runs machines as itself
+
+
+def test_a_machine_runs_as_its_uid_and_cannot_read_other_trees(open_base: Path) -> None:
+    private = open_base / "root-only"
+    private.mkdir(mode=0o700)
+    (private / "file").write_text("root's")
+    (private / "file").chmod(0o644)
+    production = open_base / "production"
+    (production / "app").mkdir(parents=True)
+    (production / "app" / "data").write_text("production's")
+    hand_over(production / "app", PRODUCTION)
+    (production / "app" / "data").chmod(0o644)  # even a world-readable file: the dir is 0700
+
+    command = (
+        "echo uid $(id -u) gid $(id -g) groups $(id -G); echo to-stderr >&2; "
+        f"cat {private}/file || echo denied-root; "
+        f"cat {production}/app/data || echo denied-production; "
+        "echo nofile $(ulimit -n); grep NoNewPrivs /proc/self/status; "
+        "echo home $(stat -c '%u %a' \"$HOME\"); touch made; echo made $(stat -c '%u %a' made)"
+    )
+    lines: list[LogLine] = []
+    machine = Machine(
+        spec(open_base, command, user=TEST, open_files=64), Redactor([CANARY]), lines.append
+    )
+    (open_base / "machine").mkdir()
+    (open_base / "machine" / "shipped").write_text("from the artifact")
+
+    async def go() -> int:
+        await machine.start({"CANARY": SecretValue(CANARY.encode())})
+        return await machine.wait()
+
+    assert asyncio.run(go()) == 0
+    out = [line.message for line in lines if line.stream == "stdout"]
+    assert f"uid {TEST} gid {TEST} groups {TEST}" in out
+    assert next(line.message for line in lines if line.stream == "stderr") == "to-stderr"
+    assert "denied-root" in out and "denied-production" in out
+    assert "root's" not in out and "production's" not in out
+    assert "nofile 64" in out and "NoNewPrivs:\t1" in out
+    assert f"home {TEST} 700" in out and f"made {TEST} 600" in out  # umask 077
+    assert (open_base / "machine" / "shipped").stat().st_uid == TEST
+
+
+def test_a_machine_tree_the_uid_cannot_reach_is_refused(tmp_path: Path) -> None:
+    # pytest's tmp_path sits under a 0700 root directory, as the platform's data dir is.
+    machine = Machine(spec(tmp_path, "true", user=TEST), Redactor([]), lambda line: None)
+    with pytest.raises(PermissionError, match="cannot reach"):
+        asyncio.run(machine.start({}))
+
+
+def test_hand_over_changes_links_not_their_targets(open_base: Path) -> None:
+    outside = open_base / "outside"
+    outside.write_text("x")
+    tree = open_base / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "link").symlink_to(outside)
+    hand_over(tree, PRODUCTION)
+    assert outside.stat().st_uid == 0
+    assert (tree / "sub" / "link").lstat().st_uid == PRODUCTION
+    assert (tree / "sub").stat().st_uid == PRODUCTION and tree.stat().st_mode & 0o777 == 0o700

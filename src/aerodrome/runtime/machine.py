@@ -5,6 +5,11 @@ The child gets a clean environment (nothing inherited from the agent): a fixed P
 into the environment (never argv, never disk). It runs in its own session and process group,
 with resource limits and `no_new_privs`. Its stdout and stderr are read line by line and
 passed through the secrets redactor before anything stores or shows them.
+
+When the agent runs as root, a machine runs as an unprivileged uid (`MachineSpec.user`, see
+`machine_uid`): its workdir is handed over to that uid once, made 0700, and the child gets that
+uid and gid, no supplementary groups and umask 077. Production and test machines get different
+uids, so one cannot read the other's files, connect to its API socket or signal it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,49 @@ PR_SET_NO_NEW_PRIVS = 38
 MAX_LINE = 16 * 1024  # a longer line is split; each piece is redacted
 DEFAULT_MEMORY = 512 * 1024 * 1024
 DEFAULT_OPEN_FILES = 1024
+# Fixed uids (gid = uid) per app environment. Chosen where nothing hands out ids: above
+# 65535, below 100000 (where /etc/subuid ranges start), outside systemd's DynamicUser range
+# (61184-65519) and Debian's on-demand range (60000-64999). No passwd entry is needed.
+ENVIRONMENT_UIDS = {"production": 70000, "test": 70001}
+
+
+def machine_uid(environment: str) -> int | None:
+    """The uid machines of an app in `environment` run as, or None when the agent is not
+    root (then machines run as the agent's own user, as in development)."""
+    if environment not in ENVIRONMENT_UIDS:
+        raise ValueError(f"unknown environment {environment!r}")
+    return ENVIRONMENT_UIDS[environment] if os.geteuid() == 0 else None
+
+
+def check_searchable(path: Path, uid: int) -> None:
+    """Every directory above `path` must let `uid` (gid = uid) pass, or the machine could
+    not reach its own home or socket by name. Raises PermissionError naming the first that
+    does not (the platform's data directory is 0700: machine trees live outside it)."""
+    for parent in path.absolute().parents:
+        st = parent.stat()
+        if st.st_uid == uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid == uid:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            raise PermissionError(
+                f"uid {uid} cannot reach {path}: {parent} is mode {st.st_mode & 0o777:o}, owned "
+                f"by {st.st_uid}; put machine directories under a directory searchable by others"
+            )
+
+
+def hand_over(tree: Path, uid: int) -> None:
+    """Give `tree` to `uid` (gid = uid), its top 0700. Only a tree no machine has owned yet is
+    walked: the agent unpacked it, so it holds no links planted by a machine (symlinks are
+    changed themselves, never followed). A tree already handed over is left as it is."""
+    if tree.lstat().st_uid != uid:
+        for top, dirs, files in os.walk(tree):
+            for name in dirs + files:
+                os.chown(os.path.join(top, name), uid, uid, follow_symlinks=False)
+        os.chown(tree, uid, uid, follow_symlinks=False)
+    tree.chmod(0o700)
 
 
 @dataclass(frozen=True)
@@ -43,6 +91,7 @@ class MachineSpec:
     memory_bytes: int = DEFAULT_MEMORY
     open_files: int = DEFAULT_OPEN_FILES
     api_socket: Path | None = None
+    user: int | None = None  # run as this uid (gid the same); the agent must be root
 
 
 @dataclass(frozen=True)
@@ -107,6 +156,14 @@ class Machine:
         if self.process is not None:  # a restart: reap the previous process and its pipes
             await self.wait()
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
+        as_user: dict[str, object] = {}
+        if self.spec.user is not None:
+            uid = self.spec.user
+            if os.geteuid() not in (0, uid):
+                raise PermissionError(f"running a machine as uid {uid} needs the agent to be root")
+            check_searchable(self.spec.workdir, uid)
+            await asyncio.to_thread(hand_over, self.spec.workdir, uid)
+            as_user = {"user": uid, "group": uid, "extra_groups": [], "umask": 0o077}
         self.process = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
             cwd=self.spec.workdir,
@@ -117,6 +174,7 @@ class Machine:
             start_new_session=True,
             preexec_fn=_confine(self.spec.memory_bytes, self.spec.open_files),
             limit=MAX_LINE,
+            **as_user,  # type: ignore[arg-type]
         )  # fmt: skip
         self.started_at = time.monotonic()
         assert self.process.stdout is not None and self.process.stderr is not None
