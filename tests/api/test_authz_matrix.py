@@ -12,6 +12,7 @@ import functools
 import hashlib
 import itertools
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as secret_rules
 from aerodrome.platform import tokens as token_records
 from aerodrome.runtime.artifact import Artifact, build_artifact, store_artifact
+from aerodrome.runtime.logstore import LogStore
+from aerodrome.runtime.machine import LogLine
 from aerodrome.secrets.values import SecretValue
 from aerodrome.store.models import AuditEvent
 from aerodrome.tokens.actions import CAPABILITY_KINDS, GLOBAL_ACTIONS, ROLE_ACTIONS
@@ -112,6 +115,7 @@ ROUTES: dict[tuple[str, str], Spec] = {
     ("GET", "/v1/apps/{app}/artifacts/{digest}"): Spec("apps.read", AppParam),
     ("PUT", "/v1/apps/{app}/artifacts/{digest}"): Spec("apps.deploy", AppParam),
     ("POST", "/v1/apps/{app}/deploys"): Spec("apps.deploy", AppParam),
+    ("GET", "/v1/apps/{app}/logs"): Spec("logs.read", AppParam),
 }
 PUBLIC_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/tokens/public-key")}
 # FastAPI's own schema and docs pages: plain Starlette routes, not APIRoutes.
@@ -387,8 +391,28 @@ def prepare(
         url = url.replace("{digest}", digest)
     if (method, template) == ("POST", "/v1/keys/retire"):
         _rotated_keyring(world)
+    if template == LOGS:
+        _log_line(world, str(app))
     assert "{" not in url, f"prepare() does not fill every parameter of {template}"
     return url
+
+
+LOGS = "/v1/apps/{app}/logs"
+
+
+def _log_line(world: World, app_name: str) -> None:
+    """A line in the app's log (as the agent writes it), which a read must return."""
+    store = LogStore(world.services.settings.data_dir / "logs" / "apps")
+    line = LogLine(time.time(), MACHINE, "stdout", f"log of {app_name}")
+    store.append(world.ids[app_name], line, "local")
+
+
+def _logs_check(app_name: str) -> Callable[[httpx.Response], list[str]]:
+    def check(response: httpx.Response) -> list[str]:
+        messages = {line["message"] for line in response.json()["lines"]}
+        return [] if messages == {f"log of {app_name}"} else [f"logs of {app_name}: {messages}"]
+
+    return check
 
 
 DEPLOY_CONFIG = """app = "{app}"
@@ -495,6 +519,8 @@ def attempts_for(world: World, holder: Holder) -> list[Attempt]:
             )
             if url in ("/v1/orgs", "/v1/apps") and method == "GET":
                 attempt.check = _listing_check(holder, url)
+            elif template == LOGS:
+                attempt.check = _logs_check(str(app))
             else:
                 attempt.check = _did_work(template)
             out.append(attempt)

@@ -53,3 +53,55 @@ def test_an_app_that_logs_without_end_uses_bounded_disk(
 def test_app_ids_are_the_only_paths(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         LogStore(tmp_path).append("../../etc", line(1), "local")
+
+
+def test_pages_follow_a_cursor_without_gaps_or_repeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logstore, "SEGMENT_BYTES", 2000)  # many segments, so cursors cross them
+    monkeypatch.setattr(logstore, "MAX_SEGMENTS", 100)
+    store = LogStore(tmp_path)
+    app = new_id("app")
+    assert store.page(app) == logstore.Page([], 0)
+    assert store.page(app, after=0) == logstore.Page([], 0)
+    for n in range(300):
+        store.append(app, line(n, "mch_a" if n % 3 else "mch_b"), "local")
+    assert len(list((tmp_path / app).iterdir())) > 2
+    seen: list[str] = []
+    cursor = 0
+    while True:
+        page = store.page(app, after=cursor, limit=7)
+        seen += [x.message for x in page.lines]
+        if not page.lines:
+            break
+        assert page.next == page.lines[-1].seq
+        cursor = page.next
+    assert seen == [f"message {n}" for n in range(300)]
+    assert store.page(app, after=cursor) == logstore.Page([], cursor)
+    # The tail's cursor is the last line, whatever the filter matched.
+    tail = store.page(app, machine_id="mch_b", limit=2)
+    assert [x.message for x in tail.lines] == ["message 294", "message 297"]
+    assert tail.next == store.read(app, limit=1)[0].seq
+    # A filtered read moves its cursor past lines of other machines too.
+    last_b = store.page(app, machine_id="mch_b", after=tail.lines[-1].seq)
+    assert last_b.lines == [] and last_b.next == tail.next
+    store.append(app, line(300, "mch_b"), "local")
+    assert [x.message for x in store.read(app, machine_id="mch_b", after=tail.next)] == [
+        "message 300"
+    ]
+
+
+def test_a_line_being_written_is_not_read_until_whole(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    app = new_id("app")
+    store.append(app, line(1), "local")
+    segment = next((tmp_path / app).iterdir())
+    with segment.open("a") as fh:
+        fh.write('{"t": 1002.0, "m": "mch_a", "r": "local", "s": "stdout", "msg": "mess')
+    page = store.page(app, after=0)
+    assert [x.message for x in page.lines] == ["message 1"]
+    with segment.open("a") as fh:
+        fh.write('age 2"}\n{damaged\n')
+    store.append(app, line(3), "local")
+    later = store.page(app, after=page.next)
+    assert [x.message for x in later.lines] == ["message 2", "message 3"]

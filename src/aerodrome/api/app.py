@@ -23,6 +23,7 @@ from aerodrome.api.routes import (
     certs,
     deploys,
     http_service,
+    logs,
     meta,
     orgs,
     secrets,
@@ -49,6 +50,7 @@ ROUTERS = (
     http_service.router,
     certs.router,
     deploys.router,
+    logs.router,
     audit.router,
 )
 

@@ -88,7 +88,11 @@ class Client:
             try:
                 error = response.json()["error"]
             except (ValueError, KeyError, TypeError):
-                raise AeroError(f"API answered {response.status_code}", code="api_error") from None
+                raise AeroError(
+                    f"API answered {response.status_code}",
+                    code="api_error",
+                    status=response.status_code,
+                ) from None
             raise AeroError(
                 error.get("message", ""),
                 hint=error.get("hint", ""),

@@ -16,6 +16,7 @@ from aerodrome.cli import (
     config,
     deploy,
     keys,
+    logs,
     orgs,
     releases,
     secrets,
@@ -48,6 +49,7 @@ app.add_typer(upstreams.http_app, name="http-service")
 app.add_typer(audit.app, name="audit")
 app.command("up")(up.up)
 app.command("deploy")(deploy.deploy)
+app.command("logs")(logs.logs)
 
 
 def _version(value: bool) -> None:

@@ -20,6 +20,7 @@ from aerodrome.runtime.machine import LogLine
 SEGMENT_BYTES = 4 * 1024 * 1024
 MAX_SEGMENTS = 8  # 32 MiB per app at most
 RETENTION = 7 * 24 * 3600.0
+STRIDE = 10_000_000  # seq = segment number * STRIDE + line; a segment holds far fewer lines
 _SEGMENT = re.compile(r"(\d{8})\.jsonl")
 _APP_ID = re.compile(r"app_[a-z2-7]{24}")
 
@@ -42,6 +43,12 @@ class StoredLine:
             "stream": self.stream,
             "message": self.message,
         }
+
+
+@dataclass(frozen=True)
+class Page:
+    lines: list[StoredLine]
+    next: int  # the cursor to read on from (as `after`)
 
 
 class LogStore:
@@ -99,26 +106,75 @@ class LogStore:
         app_id: str,
         *,
         machine_id: str | None = None,
-        after: int = 0,
+        after: int | None = None,
         limit: int = 500,
     ) -> list[StoredLine]:
-        """Lines after cursor `after` (0: the last `limit` lines), oldest first."""
-        lines = [
-            line
-            for line in self._scan(app_id)
-            if line.seq > after and (machine_id is None or line.machine_id == machine_id)
-        ]
-        return lines[-limit:] if after == 0 else lines[:limit]
+        """Lines after cursor `after` (None: the last `limit` lines), oldest first."""
+        return self.page(app_id, machine_id=machine_id, after=after, limit=limit).lines
 
-    def _scan(self, app_id: str) -> Iterator[StoredLine]:
+    def page(
+        self,
+        app_id: str,
+        *,
+        machine_id: str | None = None,
+        after: int | None = None,
+        limit: int = 500,
+    ) -> Page:
+        """At most `limit` lines (of `machine_id` only, if given), oldest first, and the cursor
+        to pass as `after` next time.
+
+        `after=None` gives the last `limit` lines; `after=0` starts at the oldest line kept;
+        otherwise reading starts just past that cursor, and segments wholly behind it are not
+        opened. A line still being written is not returned until it is whole."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if after is None:
+            return self._tail(app_id, machine_id, limit)
+        lines: list[StoredLine] = []
+        scanned = after
         for path in self._segments(app_id):
-            base = int(path.name[:8]) * 10_000_000
-            with path.open(encoding="utf-8") as fh:
-                for offset, raw in enumerate(fh):
-                    try:
-                        data = json.loads(raw)
-                    except ValueError:
-                        continue
-                    yield StoredLine(
+            base = int(path.name[:8]) * STRIDE
+            if after >= base + STRIDE - 1:
+                continue  # every line of this segment is at or behind the cursor
+            for line in self._lines(path, skip=max(0, after - base + 1)):
+                scanned = line.seq
+                if machine_id is None or line.machine_id == machine_id:
+                    lines.append(line)
+                    if len(lines) == limit:
+                        return Page(lines, line.seq)
+        return Page(lines, scanned)
+
+    def _tail(self, app_id: str, machine_id: str | None, limit: int) -> Page:
+        found: list[StoredLine] = []
+        end = 0
+        for path in reversed(self._segments(app_id)):
+            lines = list(self._lines(path))
+            if lines and not end:
+                end = lines[-1].seq
+            matching = [x for x in lines if machine_id is None or x.machine_id == machine_id]
+            found = matching[-(limit - len(found)) :] + found
+            if len(found) >= limit:
+                break
+        return Page(found, end)
+
+    @staticmethod
+    def _lines(path: Path, skip: int = 0) -> Iterator[StoredLine]:
+        base = int(path.name[:8]) * STRIDE
+        try:
+            fh = path.open(encoding="utf-8", errors="replace")
+        except FileNotFoundError:  # pruned since it was listed
+            return
+        with fh:
+            for offset, raw in enumerate(fh):
+                if offset < skip:
+                    continue
+                if not raw.endswith("\n"):
+                    return  # being written: it is read whole next time
+                try:
+                    data = json.loads(raw)
+                    line = StoredLine(
                         base + offset, data["t"], data["m"], data["r"], data["s"], data["msg"]
                     )
+                except (ValueError, KeyError, TypeError):
+                    continue  # a damaged line: skipped, its position still counts
+                yield line

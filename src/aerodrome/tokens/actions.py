@@ -18,6 +18,7 @@ ORG_ACTIONS: frozenset[str] = frozenset(
         "secrets.write",
         "machines.read",
         "machines.write",
+        "logs.read",
         "tokens.read",
         "tokens.create",
         "tokens.revoke",
@@ -53,6 +54,7 @@ CAPABILITY_KINDS: dict[str, frozenset[str]] = {
             "secrets.write",
             "machines.read",
             "machines.write",
+            "logs.read",
         }
     ),
     "org": ORG_ACTIONS - {"members.write", "tokens.create", "tokens.revoke"},
