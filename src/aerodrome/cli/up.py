@@ -75,6 +75,8 @@ def deploy_example(
         if error.code == "example_missing":
             example.clear_pending(settings.data_dir)  # nothing to retry at the next start
         return {"error": error.message, "hint": error.hint, "code": error.code}
+    except OSError as error:  # reading examples/ failed: say so, try again at the next start
+        return {"error": f"cannot read the example: {error}", "hint": "", "code": "io_error"}
     example.clear_pending(settings.data_dir)
     return deployed.view()
 
