@@ -83,6 +83,7 @@ class Bootstrap:
     admin_email: str
     token: str = field(repr=False)
     new_token: bool
+    first_run: bool = False  # this run created the platform admin: a fresh data directory
 
 
 def bootstrap(services: Services, admin_email: str) -> Bootstrap:
@@ -107,6 +108,7 @@ def bootstrap(services: Services, admin_email: str) -> Bootstrap:
             .scalars()
             .first()
         )
+        first_run = admin is None
         if admin is None:
             admin = org_rules.get_or_create_user(tx, admin_email, name="admin", platform_admin=True)
         minted, _ = token_records.create_token(
@@ -117,7 +119,7 @@ def bootstrap(services: Services, admin_email: str) -> Bootstrap:
             name="aero up bootstrap session",
         )
         email = admin.email
-    return Bootstrap(email, minted.token, new_token=True)
+    return Bootstrap(email, minted.token, new_token=True, first_run=first_run)
 
 
 def _read_env(path: Path) -> dict[str, str]:

@@ -73,10 +73,13 @@ def start_platform(
     port: int,
     extra: list[str] | None = None,
     env_extra: dict[str, str] | None = None,
+    example: bool = False,
 ) -> subprocess.Popen[str]:
+    """`aero up` on DATA_DIR, returned once it wrote aero.env. Without `example`, a fresh data
+    directory starts without the example app (faster; test_example.py deploys it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AERO_")}
     env.update(env_extra or {})
-    edge = [
+    flags = [
         "--https-port",
         str(free_port()),
         "--http-port",
@@ -87,9 +90,11 @@ def start_platform(
         "1",
     ]
     if extra and "--https-port" in extra:
-        edge = []
+        flags = []
+    if not example:
+        flags.append("--no-example")
     process = subprocess.Popen(
-        [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *edge, *(extra or [])],
+        [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *flags, *(extra or [])],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

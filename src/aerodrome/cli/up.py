@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from aerodrome import example
+from aerodrome.cli.client import Client
 from aerodrome.cli.output import JsonFlag, console, emit_json
 from aerodrome.config import DEFAULT_DATA_DIR, Settings
 from aerodrome.errors import AeroError
@@ -48,6 +51,36 @@ def client_trust(settings: Settings) -> Path | None:
     return settings.ca_dir / "root.pem"
 
 
+def loopback(host: str) -> str:
+    """An address to reach a server listening on `host` from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+
+
+def deploy_example(
+    settings: Settings, api_url: str, token: str, https_port: int, edge_host: str, ca: Path | None
+) -> dict[str, Any]:
+    """The example app on a first start (see `aerodrome.example`); a failure is reported,
+    not raised: the platform itself is up."""
+    address = loopback(edge_host)
+    try:
+        deployed = example.deploy_example(
+            Client(token=token, url=api_url),
+            domain=settings.domain,
+            https_port=https_port,
+            edge_address=f"[{address}]" if ":" in address else address,
+            ca_bundle=ca,
+            exclude_dirs=[settings.data_dir],
+        )
+    except AeroError as error:
+        if error.code == "example_missing":
+            example.clear_pending(settings.data_dir)  # nothing to retry at the next start
+        return {"error": error.message, "hint": error.hint, "code": error.code}
+    except OSError as error:  # reading examples/ failed: say so, try again at the next start
+        return {"error": f"cannot read the example: {error}", "hint": "", "code": "io_error"}
+    example.clear_pending(settings.data_dir)
+    return deployed.view()
+
+
 def up(
     data_dir: Annotated[
         Path, typer.Option(help="Where state, keys and logs live.", envvar="AERO_DATA_DIR")
@@ -70,9 +103,19 @@ def up(
     admin_email: Annotated[
         str, typer.Option(help="Email of the first admin user.")
     ] = "admin@localhost",
+    no_example: Annotated[
+        bool,
+        typer.Option(
+            "--no-example",
+            help="On a fresh data directory, do not deploy the example app (examples/hello).",
+        ),
+    ] = False,
     json_mode: JsonFlag = False,
 ) -> None:
-    """Start the platform: API, certificate manager, edge (HTTPS for every app) and agent."""
+    """Start the platform: API, certificate manager, edge (HTTPS for every app) and agent.
+
+    The first start of a data directory also deploys the example app in examples/hello of the
+    repository checkout and prints its URL (--no-example skips it)."""
     os.umask(0o077)  # everything the platform writes under the data directory is private
     settings = dataclasses.replace(Settings.from_env(data_dir), domain=domain.lower())
     _check_ports(host, {"--api-port": api_port})
@@ -83,6 +126,8 @@ def up(
         boot = bootstrap(services, admin_email)
         public_key = str(services.root.public)
         services.close()
+    if boot.first_run:
+        example.mark_pending(settings.data_dir)
     env_file = settings.data_dir / ENV_FILE
     env_file.unlink(missing_ok=True)  # re-written once the platform answers
     log_dir = settings.data_dir / "logs"
@@ -111,6 +156,15 @@ def up(
                     hint=f"see {log_dir / 'certs.log'} and {log_dir / 'edge.log'}",
                     code="start_failed",
                 )
+        deployed: dict[str, Any] | None = None
+        if no_example:
+            example.clear_pending(settings.data_dir)
+        elif example.is_pending(settings.data_dir) and not supervisor.stopping:
+            with console.status("deploying the example app (examples/hello)…"):
+                deployed = deploy_example(
+                    settings, f"http://{loopback(host)}:{api_port}", boot.token,
+                    https_port, edge_host, ca_root,
+                )  # fmt: skip
     except BaseException:
         supervisor.stop_all()
         raise
@@ -130,12 +184,15 @@ def up(
         "logs": str(log_dir),
         "ca_bundle": str(ca_root) if ca_root else None,
         "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "example": deployed,  # null unless this start deployed (or failed to deploy) it
     }
     if json_mode:
         emit_json(info)
     else:
         console.print(f"[bold green]aerodrome is up[/bold green]  API {api_url}", highlight=False)
         console.print(f"  apps      {info['apps_url']}", highlight=False)
+        if deployed is not None:
+            _print_example(deployed)
         console.print(f"  data      {settings.data_dir} ({info['database']})", highlight=False)
         console.print(f"  admin     {boot.admin_email}", highlight=False)
         if ca_root is not None:
@@ -148,3 +205,19 @@ def up(
     supervisor.run()
     if not json_mode:
         console.print("stopped")
+
+
+def _print_example(deployed: dict[str, Any]) -> None:
+    if "error" in deployed:
+        console.print(
+            f"  example   [yellow]not deployed:[/yellow] {escape(deployed['error'])}"
+            + (f" ({escape(deployed['hint'])})" if deployed["hint"] else ""),
+            highlight=False,
+        )
+        return
+    console.print(
+        f"  example   [bold]{deployed['url']}[/bold]  (app {deployed['app']}, org "
+        f"{deployed['org']}, release {deployed['release']}: serving in a few seconds)",
+        highlight=False,
+    )
+    console.print(f"            {escape(deployed['curl'])}", highlight=False, soft_wrap=True)

@@ -1,0 +1,195 @@
+"""The README's first command: `aero up` on a fresh data directory deploys examples/hello and
+prints its URL; the app serves through the edge over HTTPS with its secret set (and never
+shown), its WebSocket echo works over wss:// from its own origin only, and a second start
+does not deploy it again."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets.sync.client as ws_client
+from websockets.exceptions import InvalidStatus
+
+from aerodrome import example
+from aerodrome.cli.up import deploy_example
+from aerodrome.config import Settings
+from tests.cli.conftest import free_port, read_env, start_platform, stop_platform
+
+HOST = "hello.localhost"
+
+
+@dataclass
+class Started:
+    data_dir: Path
+    api_port: int
+    https_port: int
+    env: dict[str, str]
+    banner: str  # what `aero up` printed once it was up
+    process: subprocess.Popen[str]
+
+
+def read_banner(process: subprocess.Popen[str], last: str, timeout: float = 30.0) -> str:
+    """The lines `aero up` printed, up to and including the one starting with `last`."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(last):
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def first_start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    data_dir = tmp_path_factory.mktemp("example") / "data"
+    api_port, https_port = free_port(), free_port()
+    flags = ["--https-port", str(https_port), "--http-port", str(free_port())]
+    flags += ["--metrics-port", str(free_port()), "--edge-workers", "1", "--json"]
+    process = start_platform(data_dir, api_port, extra=flags, example=True)
+    try:
+        banner = read_banner(process, "}")  # --json: one object, written before aero.env
+        env = read_env(data_dir / "aero.env")
+        yield Started(data_dir, api_port, https_port, env, banner, process)
+    finally:
+        if process.poll() is None:  # the last test stops it itself
+            stop_platform(process)
+
+
+def get_page(started: Started, ready: str = "release <b>", timeout: float = 60.0) -> str:
+    """GET https://hello.localhost:PORT/ through the edge (127.0.0.1, the name in SNI and
+    Host) until the body holds `ready`: the agent rolls the release out asynchronously."""
+    trust = ssl.create_default_context(cafile=started.env["AERO_CA_BUNDLE"])
+    deadline = time.monotonic() + timeout
+    body = ""
+    with httpx.Client(verify=trust, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                response = client.get(
+                    f"https://127.0.0.1:{started.https_port}/",
+                    headers={"host": f"{HOST}:{started.https_port}"},
+                    extensions={"sni_hostname": HOST},
+                )
+                body = response.text
+                if response.status_code == 200 and ready in body:
+                    return body
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    raise AssertionError(f"{HOST} did not serve in {timeout:.0f}s; last body: {body[:300]!r}")
+
+
+def session_key(data_dir: Path) -> str:
+    """The secret as the machine got it, read from its process's environment: the platform
+    never shows a value, so this is the only way a test can know what must not appear."""
+    machines = str(data_dir / "machines")
+    for proc in Path("/proc").iterdir():
+        try:
+            if not str((proc / "cwd").readlink()).startswith(machines):
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"SESSION_KEY="):
+                return item.split(b"=", 1)[1].decode()
+    raise AssertionError("no machine process with SESSION_KEY in its environment")
+
+
+def test_first_start_deploys_the_example_and_prints_its_url(first_start: Started) -> None:
+    info = json.loads(first_start.banner)
+    url = f"https://{HOST}:{first_start.https_port}/"
+    assert info["example"]["url"] == url
+    assert info["example"]["app"] == "hello" and info["example"]["release"] == 1
+    curl = info["example"]["curl"]
+    assert f"--cacert {first_start.env['AERO_CA_BUNDLE']}" in curl
+    assert f"--resolve {HOST}:{first_start.https_port}:127.0.0.1 {url}" in curl
+    assert not (first_start.data_dir / example.PENDING).exists()
+
+
+def test_the_example_serves_over_https_with_its_secret_unseen(first_start: Started) -> None:
+    body = get_page(first_start)
+    assert "release <b>1</b>" in body and "region <b>local</b>" in body
+    key = session_key(first_start.data_dir)
+    assert len(key) >= 32
+    assert f"SESSION_KEY is set ({len(key)} bytes)" in body
+    assert key not in body
+    logs = [p for p in (first_start.data_dir / "logs").rglob("*") if p.is_file()]
+    assert logs and not [p for p in logs if key.encode() in p.read_bytes()]
+    assert key not in first_start.banner
+
+
+def test_the_websocket_echo_works_over_wss_from_its_own_origin_only(first_start: Started) -> None:
+    get_page(first_start)
+    port = first_start.https_port
+    trust = ssl.create_default_context(cafile=first_start.env["AERO_CA_BUNDLE"])
+
+    def connect(origin: str) -> ws_client.ClientConnection:
+        return ws_client.connect(
+            f"wss://{HOST}:{port}/ws",
+            sock=socket.create_connection(("127.0.0.1", port), timeout=10),
+            ssl=trust,
+            server_hostname=HOST,
+            origin=origin,  # type: ignore[arg-type]
+        )
+
+    with connect(f"https://{HOST}:{port}") as ws:
+        ws.send("hello through the edge")
+        assert ws.recv(timeout=10) == "hello through the edge"
+        ws.send(b"\x00\x01" * 20_000)
+        assert ws.recv(timeout=10) == b"\x00\x01" * 20_000
+    with pytest.raises(InvalidStatus) as refused:
+        connect("https://evil.example")
+    assert refused.value.response.status_code == 403
+
+
+def test_a_second_start_does_not_deploy_it_again(first_start: Started) -> None:
+    stop_platform(first_start.process)
+    process = start_platform(
+        first_start.data_dir,
+        first_start.api_port,
+        extra=["--https-port", str(free_port()), "--http-port", str(free_port()),
+               "--metrics-port", str(free_port()), "--edge-workers", "1"],
+        example=True,
+    )  # fmt: skip
+    try:
+        banner = read_banner(process, "  stop with Ctrl-C")
+        assert "aerodrome is up" in banner
+        assert not [line for line in banner.splitlines() if line.startswith("  example")]
+        env = read_env(first_start.data_dir / "aero.env")
+        releases = httpx.get(
+            f"http://127.0.0.1:{first_start.api_port}/v1/apps/hello/releases",
+            headers={"authorization": f"Bearer {env['AERO_API_TOKEN']}"},
+            timeout=10,
+        ).json()
+        assert [r["number"] for r in releases] == [1]
+    finally:
+        stop_platform(process)
+
+
+def test_without_a_checkout_the_example_is_skipped_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(example, "REPO", tmp_path / "site-packages")
+    settings = Settings.from_env(tmp_path)
+    example.mark_pending(tmp_path)
+    result = deploy_example(settings, "http://127.0.0.1:9", "no-token", 8443, "127.0.0.1", None)
+    assert result["code"] == "example_missing"
+    missing = tmp_path / "site-packages" / "examples" / "hello"
+    assert result["error"] == f"no example app at {missing}"
+    assert not example.is_pending(tmp_path), "nothing to retry at the next start"
