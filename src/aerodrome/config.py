@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,20 @@ class Settings:
     database_url: str
     root_key_file: Path
     domain: str = "localhost"
+    machines_root: Path | None = None  # AERO_MACHINES_DIR; see `machines_dir`
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> Settings:
         root = Path(data_dir or os.environ.get("AERO_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
         url = os.environ.get("AERO_DATABASE_URL") or f"sqlite:///{root / 'aerodrome.db'}"
         key_file = os.environ.get("AERO_ROOT_KEY_FILE")
+        machines = os.environ.get("AERO_MACHINES_DIR")
         return cls(
             data_dir=root,
             database_url=url,
             root_key_file=Path(key_file) if key_file else root / "keys" / "root.key",
             domain=os.environ.get("AERO_DOMAIN", "localhost").lower(),
+            machines_root=Path(machines).resolve() if machines else None,
         )
 
     @property
@@ -36,6 +40,19 @@ class Settings:
     def ca_dir(self) -> Path:
         """The local certificate authority: `root.pem` is what clients trust."""
         return self.data_dir / "ca"
+
+    @property
+    def machines_dir(self) -> Path:
+        """Where machines' trees (code, machine-local API socket) live. As root, machines run as
+        unprivileged uids that must be able to reach their own tree, which `DATA` (0700) would
+        forbid: so they live under /var/lib/aerodrome/machines, one directory per data
+        directory. Otherwise machines share the agent's uid and live in `DATA/machines`."""
+        if self.machines_root is not None:
+            return self.machines_root
+        if os.geteuid() != 0:
+            return self.data_dir / "machines"
+        tag = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+        return Path("/var/lib/aerodrome/machines") / tag
 
     @property
     def checkpoint_file(self) -> Path:

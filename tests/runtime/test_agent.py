@@ -7,8 +7,11 @@ store (release status, machines, the edge's upstreams) and the machines' own ans
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +24,7 @@ from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime.agent import Agent
 from aerodrome.runtime.artifact import build_artifact, store_artifact
+from aerodrome.runtime.machine import machine_uid
 from aerodrome.secrets.values import SecretValue
 from aerodrome.services import Services
 from aerodrome.store.models import App, Release, Token, Upstream
@@ -35,6 +39,14 @@ if marker:  # the second machine of this release refuses to start
     except FileExistsError:
         sys.exit(3)
 sick = os.environ.get("SICK_FILE")
+if os.environ.get("SHOW_SELF"):  # who am I, from the machine-local API, and as which uid
+    import json, socket
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(os.environ["AERO_API_SOCKET"])
+    s.sendall(b"GET /v1/self HTTP/1.1\\r\\nHost: machine\\r\\nConnection: close\\r\\n\\r\\n")
+    body = s.makefile("rb").read().split(b"\\r\\n\\r\\n", 1)[1]
+    print("self", json.dumps(json.loads(body)), "uid", os.getuid(),
+          "env", sorted(os.environ), flush=True)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz" and sick and pathlib.Path(sick).exists():
@@ -67,6 +79,17 @@ def web(services: Services) -> App:
             {"API_KEY": SecretValue(SECRET.encode())},
         )
     return app
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory the machines' unprivileged uid can reach (tmp_path is root's, 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="aero-agent-test-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def release(
@@ -246,14 +269,14 @@ def test_an_immediate_deploy_starts_every_machine_before_stopping_any(
 
 @sqlite_only
 def test_a_deploy_that_fails_on_its_second_machine_rolls_back_by_itself(
-    services: Services, web: App, tmp_path: Path
+    services: Services, web: App, tmp_path: Path, shared: Path
 ) -> None:
     first = release(services, tmp_path, machines=2)
     agent = Agent(services)
 
     async def scenario() -> None:
         await settle(agent)
-        bad = release(services, tmp_path, machines=2, env={"ONLY_ONE": str(tmp_path / "once")})
+        bad = release(services, tmp_path, machines=2, env={"ONLY_ONE": str(shared / "once")})
         await settle(agent)
         assert status(services, bad)[0] == "failed"
         assert "exited with code 3" in status(services, bad)[1]
@@ -311,9 +334,9 @@ def test_machines_stop_start_and_restart_on_request_and_lose_their_credential(
 
 @sqlite_only
 def test_a_machine_failing_its_check_leaves_the_route_table_until_it_passes(
-    services: Services, web: App, tmp_path: Path
+    services: Services, web: App, tmp_path: Path, shared: Path
 ) -> None:
-    sick = tmp_path / "sick"
+    sick = shared / "sick"
     release(services, tmp_path, env={"SICK_FILE": str(sick)})
     agent = Agent(services)
 
@@ -372,3 +395,26 @@ def test_a_crashing_machine_restarts_then_is_marked_failed(
         await agent.shutdown()
 
     asyncio.run(scenario())
+
+
+@sqlite_only
+def test_a_machine_knows_itself_through_its_local_api_and_runs_unprivileged(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    number = release(services, tmp_path, env={"SHOW_SELF": "1"})
+    agent = Agent(services)
+
+    async def scenario() -> None:
+        await settle(agent)
+        await agent.shutdown()
+
+    asyncio.run(scenario())
+    [line] = [x.message for x in agent.logs.read(web.id) if x.message.startswith("self ")]
+    [running_id] = {x.machine_id for x in agent.logs.read(web.id)}
+    identity = json.loads(line.split(" ", 1)[1].rsplit(" uid ", 1)[0])
+    assert identity == {
+        "app": "web", "app_id": web.id, "org": "acme", "org_id": web.org_id,
+        "machine": running_id, "release": number, "region": "local",
+    }  # fmt: skip
+    assert f" uid {machine_uid('production')} " in line  # not root: the production uid
+    assert "aero1_" not in line and "AERO_API_SOCKET" in line  # the socket, not the credential

@@ -40,13 +40,14 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import tokens as token_records
 from aerodrome.runtime.artifact import unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
+from aerodrome.runtime.localapi import Identity, LocalApi, MachineCredentialCheck
 from aerodrome.runtime.logstore import LogStore
-from aerodrome.runtime.machine import LogLine, Machine, MachineSpec
+from aerodrome.runtime.machine import LogLine, Machine, MachineSpec, machine_uid
 from aerodrome.secrets.machine import unseal_for_machine
 from aerodrome.secrets.redact import Redactor
 from aerodrome.services import Services
 from aerodrome.store.db import Audit, Tx
-from aerodrome.store.models import App, Release, Token, Upstream
+from aerodrome.store.models import App, Org, Release, Token, Upstream
 from aerodrome.store.models import Machine as MachineRow
 from aerodrome.tokens.mint import Scope
 
@@ -79,6 +80,7 @@ class Running:
     machine: Machine
     port: int
     credential_id: str = ""
+    api: LocalApi | None = None  # the machine-local API, holding the credential
     generation: int = 0
     upstream_id: str | None = None  # set while the edge routes to it
     healthy: bool = False
@@ -105,6 +107,7 @@ class Agent:
         self.settings: Settings = services.settings
         self.logs = LogStore(self.settings.data_dir / "logs" / "apps")
         self.machines: dict[str, Running] = {}
+        self.machines_dir = self.settings.machines_dir
         self._tasks: dict[str, asyncio.Task[None]] = {}  # app id -> its rollout or request
         self._revision = -1
         self._audit = Audit(actor="agent")
@@ -295,8 +298,9 @@ class Agent:
     async def _launch(self, app: App, release: Release, config: AppConfig) -> Running:
         """A new machine running `release`, passing its check; or StartFailed, leaving nothing."""
         machine_id = new_id("mch")
-        workdir = self.settings.data_dir / "machines" / machine_id
+        workdir = self.machines_dir / machine_id
         await asyncio.to_thread(self._record, app, machine_id, release.number)
+        await asyncio.to_thread(self._prepare, workdir)
         try:
             artifact = (
                 self.settings.data_dir / "artifacts" / "sha256"
@@ -309,7 +313,8 @@ class Agent:
             spec = MachineSpec(
                 machine_id=machine_id, app=app.name, release=release.number,
                 region=self.region, command=config.command, workdir=workdir / "app", port=port,
-                env=config.env,
+                env=config.env, api_socket=workdir / "api" / "api.sock",
+                user=machine_uid(app.environment),
             )  # fmt: skip
             machine = Machine(spec, Redactor([]), lambda line: None)  # both set by _start
             running = Running(app.id, app.name, release.number, config, machine, port)
@@ -331,6 +336,18 @@ class Agent:
             raise failure from None
         return running
 
+    def _prepare(self, workdir: Path) -> None:
+        """The machines directory (and any parent made for it) and this machine's: searchable
+        (0711) but not listable by the uid the machine runs as; its code and socket directories
+        are its own (0700)."""
+        root = self.machines_dir
+        made = [p for p in (*reversed(root.parents), root) if not p.exists()]
+        root.mkdir(parents=True, exist_ok=True)
+        for path in (*made, root):
+            path.chmod(0o711)
+        workdir.mkdir(mode=0o711)
+        workdir.chmod(0o711)
+
     def _record(self, app: App, machine_id: str, release: int) -> None:
         with self.services.store.write(self._audit) as tx:
             machine_rules.create_machine(
@@ -349,13 +366,22 @@ class Agent:
     async def _start(self, running: Running) -> None:
         """Mint a credential, unseal this release's secrets with it, start the process."""
         await asyncio.to_thread(self._report, running.machine_id, state="starting", reason="")
-        credential, credential_id = await asyncio.to_thread(self._credential, running)
+        credential, credential_id, identity = await asyncio.to_thread(self._credential, running)
         running.credential_id = credential_id
         secrets = await asyncio.to_thread(
             unseal_for_machine, self.services, credential, running.app_id, running.release,
             running.machine_id,
         )  # fmt: skip
+        check = MachineCredentialCheck(self.services, credential, identity)
         del credential
+        if running.api is None:
+            spec = running.machine.spec
+            assert spec.api_socket is not None
+            running.api = await LocalApi.start(
+                spec.api_socket, identity, check, owner_uid=spec.user
+            )
+        else:
+            running.api.check = check
         running.machine.redactor = Redactor(secrets.values())
         self._bind_logs(running)
         running.stopped, running.healthy, running.failures = False, False, 0
@@ -369,16 +395,24 @@ class Agent:
 
         running.machine.sink = sink
 
-    def _credential(self, running: Running) -> tuple[str, str]:
+    def _credential(self, running: Running) -> tuple[str, str, Identity]:
+        """A fresh machine token (the process's lifetime: revoked when it stops), and who the
+        machine is, as `GET /v1/self` tells it."""
         with self.services.store.write(self._audit) as tx:
             app = tx.session.get(App, running.app_id)
             assert app is not None
+            org = tx.session.get(Org, app.org_id)
+            assert org is not None
             minted, row = token_records.create_token(
                 tx, self.services.root,
                 Scope("machine", org_id=app.org_id, app_id=app.id, machine_id=running.machine_id),
                 created_by="agent", name=f"machine {running.machine_id}",
             )  # fmt: skip
-            return minted.token, row.id
+            identity = Identity(
+                app=app.name, app_id=app.id, org=org.slug, org_id=org.id,
+                machine=running.machine_id, release=running.release, region=self.region,
+            )  # fmt: skip
+            return minted.token, row.id, identity
 
     def _revoke_credential(self, running: Running) -> None:
         if not running.credential_id:
@@ -495,7 +529,14 @@ class Agent:
             grace=running.config.kill_timeout,
             sig=getattr(signal, running.config.kill_signal, signal.SIGINT),
         )
+        await self._close_api(running)
         await asyncio.to_thread(self._revoke_credential, running)
+
+    @staticmethod
+    async def _close_api(running: Running) -> None:
+        if running.api is not None:
+            api, running.api = running.api, None
+            await api.close()
 
     async def _retire(self, app: App, running: Running) -> None:
         await self._stop(running, "replaced")
@@ -511,6 +552,7 @@ class Agent:
             await self._route(running, routed=False)
         await running.machine.stop(grace=running.config.kill_timeout)
         with contextlib.suppress(Exception):
+            await self._close_api(running)
             await asyncio.to_thread(self._revoke_credential, running)
         self.machines.pop(running.machine_id, None)
         with contextlib.suppress(Exception):
@@ -629,7 +671,7 @@ def main() -> None:
         await agent.run(stop)
 
     uvloop.run(run())
-    shutil.rmtree(services.settings.data_dir / "machines", ignore_errors=True)
+    shutil.rmtree(services.settings.machines_dir, ignore_errors=True)
     print(json.dumps({"stopped": True}), flush=True)
 
 
