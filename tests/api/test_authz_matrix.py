@@ -42,6 +42,7 @@ from aerodrome.api.routes.meta import PUBLIC as PUBLIC_EXTRA
 from aerodrome.certs import store as cert_store
 from aerodrome.platform import apps as app_rules
 from aerodrome.platform import http_service as http_rules
+from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as secret_rules
 from aerodrome.platform import tokens as token_records
@@ -116,6 +117,13 @@ ROUTES: dict[tuple[str, str], Spec] = {
     ("PUT", "/v1/apps/{app}/artifacts/{digest}"): Spec("apps.deploy", AppParam),
     ("POST", "/v1/apps/{app}/deploys"): Spec("apps.deploy", AppParam),
     ("GET", "/v1/apps/{app}/logs"): Spec("logs.read", AppParam),
+    ("GET", "/v1/apps/{app}/machines"): Spec("machines.read", AppParam),
+    ("POST", "/v1/apps/{app}/machines/{machine}/stop"): Spec("machines.write", AppParam),
+    ("POST", "/v1/apps/{app}/machines/{machine}/start"): Spec("machines.write", AppParam),
+    ("POST", "/v1/apps/{app}/machines/{machine}/restart"): Spec("machines.write", AppParam),
+    ("GET", "/v1/apps/{app}/releases/{number}"): Spec("apps.read", AppParam),
+    ("POST", "/v1/apps/{app}/releases/{number}/rollback"): Spec("apps.deploy", AppParam),
+    ("GET", "/v1/apps/{app}/config"): Spec("apps.read", AppParam),
 }
 PUBLIC_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/tokens/public-key")}
 # FastAPI's own schema and docs pages: plain Starlette routes, not APIRoutes.
@@ -155,6 +163,10 @@ BODIES: dict[tuple[str, str], Callable[[int], dict[str, Any] | None]] = {
     # built per attempt in attempts_for (raw bytes; a config naming the app)
     ("PUT", "/v1/apps/{app}/artifacts/{digest}"): lambda n: None,
     ("POST", "/v1/apps/{app}/deploys"): lambda n: None,
+    ("POST", "/v1/apps/{app}/machines/{machine}/stop"): lambda n: None,
+    ("POST", "/v1/apps/{app}/machines/{machine}/start"): lambda n: None,
+    ("POST", "/v1/apps/{app}/machines/{machine}/restart"): lambda n: None,
+    ("POST", "/v1/apps/{app}/releases/{number}/rollback"): lambda n: None,
 }
 SENDS_BODY = ("POST", "PUT")
 # Routes whose valid request needs the app to hold `victim_secret(n)` with staged changes.
@@ -350,6 +362,24 @@ def _victim_upstream(world: World, app_name: str, n: int) -> str:
         return http_rules.add_upstream(tx, app, f"10.9.9.9:{1000 + n}").id
 
 
+def _victim_machine(world: World, app_name: str, n: int) -> str:
+    machine_id = f"mch_{n:024d}".translate(str.maketrans("0123456789", "abcdefghij"))
+    with world.services.store.write() as tx:
+        app = app_rules.get_app(tx.session, app_name)
+        machine_rules.create_machine(tx, app, machine_id, 1, "local")
+    return machine_id
+
+
+def _victim_release(world: World, app_name: str, n: int) -> int:
+    """A release with code, to show, roll back to, or read the configuration of."""
+    digest, data = _artifact(n)
+    _store(world, data)
+    with world.services.store.write() as tx:
+        app = app_rules.get_app(tx.session, app_name)
+        config = DEPLOY_CONFIG.format(app=app_name)
+        return secret_rules.create_release(tx, app, "matrix", artifact=digest, config=config).number
+
+
 def _victim_hostname(world: World, app_name: str, n: int) -> str:
     """A custom hostname of `app_name`, for the routes that show or remove one."""
     hostname = f"victim-{n}.example.com"
@@ -393,6 +423,10 @@ def prepare(
         _rotated_keyring(world)
     if template == LOGS:
         _log_line(world, str(app))
+    if "{machine}" in url:
+        url = url.replace("{machine}", _victim_machine(world, str(app), n))
+    if "{number}" in url or template == "/v1/apps/{app}/config":
+        url = url.replace("{number}", str(_victim_release(world, str(app), n)))
     assert "{" not in url, f"prepare() does not fill every parameter of {template}"
     return url
 

@@ -24,6 +24,7 @@ from aerodrome.api.routes import (
     deploys,
     http_service,
     logs,
+    machines,
     meta,
     orgs,
     secrets,
@@ -51,6 +52,7 @@ ROUTERS = (
     certs.router,
     deploys.router,
     logs.router,
+    machines.router,
     audit.router,
 )
 

@@ -7,10 +7,13 @@ from typing import Annotated
 
 import typer
 
+from aerodrome.cli.common import client
 from aerodrome.cli.output import JsonFlag, console, emit_json
 from aerodrome.runtime.config import DEFAULT_FILE, load_config_file
 
-app = typer.Typer(help="Validate an app's aerodrome.toml.", no_args_is_help=True)
+app = typer.Typer(
+    help="Validate an aerodrome.toml, or show an app's deployed one.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -39,3 +42,17 @@ def validate(
             f" {summary['checks']} check(s), {parsed.strategy} deploys)",
             highlight=False,
         )
+
+
+@app.command()
+def show(
+    app_name: Annotated[str, typer.Option("--app", "-a", help="App name or id.")],
+    json_mode: JsonFlag = False,
+) -> None:
+    """The aerodrome.toml of the app's newest release with code, as deployed."""
+    shown = client().get(f"/v1/apps/{app_name}/config")
+    if json_mode:
+        emit_json(shown)
+        return
+    console.print(f"# {app_name}, release {shown['release']}", style="dim", highlight=False)
+    console.print(shown["text"], highlight=False, markup=False, end="")

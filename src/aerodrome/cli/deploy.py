@@ -1,20 +1,25 @@
-"""`aero deploy`: package the app directory, upload it, and create a release."""
+"""`aero deploy`: package the app directory, upload it, create a release, and follow it until
+it serves (or fails, keeping the previous release)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from aerodrome.cli.common import client
 from aerodrome.cli.output import JsonFlag, console, emit_json, err_console
+from aerodrome.cli.publish import publish
+from aerodrome.cli.rollout import follow
 from aerodrome.config import DEFAULT_DATA_DIR
-from aerodrome.errors import AeroError
-from aerodrome.runtime.artifact import build_artifact
 from aerodrome.runtime.config import DEFAULT_FILE, load_config_file
+
+WaitOpt = Annotated[
+    float, typer.Option("--wait-timeout", help="Seconds to wait for the release to serve.")
+]
 
 
 def deploy(
@@ -24,17 +29,29 @@ def deploy(
     app_name: Annotated[
         str | None, typer.Option("--app", "-a", help="App (default: `app` in the file).")
     ] = None,
+    rollback: Annotated[
+        int | None,
+        typer.Option("--rollback", help="Deploy release N's code and config again instead."),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Return once the release exists.")
     ] = False,
+    wait_timeout: WaitOpt = 300.0,
     json_mode: JsonFlag = False,
 ) -> None:
-    """Deploy the directory of aerodrome.toml as a new release."""
+    """Deploy the directory of aerodrome.toml as a new release, and wait until it serves."""
+    api = client()
+    if rollback is not None:
+        if app_name is None:
+            app_name = load_config_file(config).app
+        release = api.post(f"/v1/apps/{app_name}/releases/{rollback}/rollback")
+        _created(app_name, release, f"rolls back to release {rollback}", json_mode, detach)
+        if not detach:
+            follow(api, app_name, release["number"], json_mode=json_mode, timeout=wait_timeout)
+        return
     parsed = load_config_file(config)  # whole-file validation before anything else happens
     app = app_name or parsed.app
-    source = config.resolve().parent
     data_dir = Path(os.environ.get("AERO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
-    api = client()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -44,26 +61,19 @@ def deploy(
         disable=json_mode,
     ) as progress:
         task = progress.add_task("packaging", total=None)
-        artifact = build_artifact(
-            source,
+        published = publish(
+            api,
+            app,
+            config.resolve().parent,
+            config.read_text(),
             exclude_dirs=[data_dir],
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            packaging=lambda done, total: progress.update(task, completed=done, total=total),
+            uploading=lambda size: progress.update(
+                task, description="uploading", completed=0, total=size
+            ),
         )
-        try:
-            try:
-                api.get(f"/v1/apps/{app}/artifacts/{artifact.digest}")
-            except AeroError as missing:
-                if missing.code != "not_found":
-                    raise
-                progress.update(task, description="uploading", completed=0, total=artifact.size)
-                api.upload(f"/v1/apps/{app}/artifacts/{artifact.digest}", artifact.path)
-            release = api.post(
-                f"/v1/apps/{app}/deploys",
-                json={"artifact": artifact.digest, "config": config.read_text()},
-            )
-        finally:
-            artifact.discard()
-    if json_mode:
+    artifact, release = published.artifact, published.release
+    if json_mode and detach:
         emit_json(
             {
                 "app": app,
@@ -76,14 +86,30 @@ def deploy(
             }
         )
         return
-    console.print(
-        f"release {release['number']} of {app}: {artifact.files} files, {artifact.size} bytes "
-        f"({artifact.digest[:19]}…), {len(release['secrets'])} secret(s)",
-        highlight=False,
+    _created(
+        app,
+        release,
+        f"{artifact.files} files, {artifact.size} bytes ({artifact.digest[:19]}…)",
+        json_mode,
+        detach,
     )
     if not detach:
+        follow(api, app, release["number"], json_mode=json_mode, timeout=wait_timeout)
+
+
+def _created(app: str, release: dict[str, Any], what: str, json_mode: bool, detach: bool) -> None:
+    if json_mode:
+        if detach:
+            emit_json({"app": app, "release": release})
+        return
+    secrets = release.get("secrets") or {}
+    console.print(
+        f"release {release['number']} of {app}: {what}, {len(secrets)} secret(s)",
+        highlight=False,
+    )
+    if detach:
         console.print(
-            f"the agent rolls it out: its machine takes traffic once its check passes "
-            f"(`aero upstreams list -a {app}`)",
+            f"the agent rolls it out; follow it with `aero releases show {release['number']} "
+            f"-a {app}`",
             style="dim",
         )

@@ -17,6 +17,7 @@ from aerodrome.cli import (
     deploy,
     keys,
     logs,
+    machines,
     orgs,
     releases,
     secrets,
@@ -44,6 +45,7 @@ app.add_typer(releases.app, name="releases")
 app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(config.app, name="config")
+app.add_typer(machines.app, name="machines")
 app.add_typer(upstreams.app, name="upstreams")
 app.add_typer(upstreams.http_app, name="http-service")
 app.add_typer(audit.app, name="audit")

@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, table
+from aerodrome.cli.deploy import WaitOpt
+from aerodrome.cli.output import JsonFlag, console, emit_json, record, table
+from aerodrome.cli.rollout import follow
 
-app = typer.Typer(help="List an app's releases.", invoke_without_command=True)
+app = typer.Typer(help="List, show and roll back an app's releases.", invoke_without_command=True)
 
 
 @app.callback()
@@ -30,6 +32,7 @@ def releases(
         rows,
         [
             ("number", "VERSION"),
+            ("status", "STATUS"),
             ("description", "DESCRIPTION"),
             ("secret_count", "SECRETS"),
             ("created_by", "BY"),
@@ -38,3 +41,54 @@ def releases(
         json_mode=json_mode,
         empty="no releases yet",
     )
+
+
+AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
+NumberArg = Annotated[int, typer.Argument(help="Release number (see `aero releases -a APP`).")]
+
+
+@app.command()
+def show(number: NumberArg, app_name: AppOpt, json_mode: JsonFlag = False) -> None:
+    """One release: its rollout status, and the machines that run it."""
+    release = client().get(f"/v1/apps/{app_name}/releases/{number}")
+    machines = release.pop("machines")
+    release["secrets"] = ", ".join(f"{k} v{v}" for k, v in release["secrets"].items()) or "-"
+    if json_mode:
+        emit_json({**release, "machines": machines})
+        return
+    record(release, json_mode=False, title=f"release {number} of {app_name}")
+    for machine in machines:
+        console.print(
+            f"  {machine['id']}  {machine['state']}  {machine['health']}  {machine['reason']}",
+            highlight=False,
+        )
+
+
+@app.command()
+def rollback(
+    number: NumberArg,
+    app_name: AppOpt,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Return once the release exists.")
+    ] = False,
+    wait_timeout: WaitOpt = 300.0,
+    json_mode: JsonFlag = False,
+) -> None:
+    """A new release with release NUMBER's code and configuration (and today's secrets)."""
+    api = client()
+    release = api.post(f"/v1/apps/{app_name}/releases/{number}/rollback")
+    if detach:
+        if json_mode:
+            emit_json(release)
+        else:
+            console.print(
+                f"release {release['number']} of {app_name} rolls back to release {number}",
+                highlight=False,
+            )
+        return
+    if not json_mode:
+        console.print(
+            f"release {release['number']} of {app_name} rolls back to release {number}",
+            highlight=False,
+        )
+    follow(api, app_name, release["number"], json_mode=json_mode, timeout=wait_timeout)

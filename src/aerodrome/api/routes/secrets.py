@@ -71,6 +71,8 @@ def release_view(release: Release | None) -> dict[str, Any] | None:
         "description": release.description,
         "created_by": release.created_by,
         "created_at": iso(release.created_at),
+        "status": release.status,
+        "status_reason": release.status_reason,
     }
 
 

@@ -1,0 +1,100 @@
+"""Follow a release until the agent has it serving, or it fails; shared by `aero deploy`,
+`aero releases rollback` and `aero deploy --rollback`."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import typer
+from rich.markup import escape
+
+from aerodrome.cli.client import Client
+from aerodrome.cli.output import console, emit_json, err_console
+from aerodrome.errors import AeroError
+
+MACHINE_ID = re.compile(r"mch_[a-z2-7]{24}")
+LAST_LINES = 15
+POLL = 0.5
+
+
+def app_url(api: Client, app: str) -> str | None:
+    """`https://APP.DOMAIN[:PORT]/` when the CLI talks to the API through the edge."""
+    parts = urlsplit(api.url)
+    host = parts.hostname or ""
+    if not host.startswith("api."):
+        return None
+    port = f":{parts.port}" if parts.port and parts.port != 443 else ""
+    return f"https://{app}.{host.removeprefix('api.')}{port}/"
+
+
+def _summary(release: dict[str, Any]) -> str:
+    states: dict[str, int] = {}
+    for machine in release["machines"]:
+        label = (
+            machine["state"] if machine["state"] != "started" else f"started/{machine['health']}"
+        )
+        states[label] = states.get(label, 0) + 1
+    machines = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no machine yet"
+    return f"release {release['number']}: {release['status']} ({machines})"
+
+
+def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: float) -> None:
+    """Poll the release until `complete` (exit 0) or `failed` (exit 1, with the failing
+    machine's last log lines, already scrubbed of secrets by the agent)."""
+    deadline = time.monotonic() + timeout
+    release: dict[str, Any] = {}
+    with console.status("waiting for the agent", spinner="dots") as status:
+        while True:
+            release = api.get(f"/v1/apps/{app}/releases/{number}")
+            if release["status"] in ("complete", "failed"):
+                break
+            if time.monotonic() > deadline:
+                raise AeroError(
+                    f"release {number} of {app} is still {release['status']} after {timeout:.0f}s",
+                    hint=f"see `aero machines list -a {app}` and `aero logs -a {app}`",
+                    code="deploy_timeout",
+                )
+            if not json_mode:
+                status.update(escape(_summary(release)))
+            time.sleep(POLL)
+    lines = _last_lines(api, app, release) if release["status"] == "failed" else []
+    url = app_url(api, app)
+    if json_mode:
+        emit_json({"app": app, "release": release, "url": url, "logs": lines})
+    elif release["status"] == "complete":
+        console.print(
+            f"release {number} of {app} is serving on {len(release['machines'])} machine(s)"
+            + (f": {url}" if url else ""),
+            highlight=False,
+        )
+    else:
+        err_console.print(
+            f"[red]release {number} of {app} failed:[/red] {escape(release['status_reason'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        err_console.print("  the previous release keeps serving", highlight=False)
+        if lines:
+            err_console.print(f"  last log lines of {lines[0]['machine']}:", highlight=False)
+            for line in lines:
+                err_console.print(
+                    f"    {line['stream']:<6} {escape(line['message'])}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    if release["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _last_lines(api: Client, app: str, release: dict[str, Any]) -> list[dict[str, Any]]:
+    found = MACHINE_ID.search(release.get("status_reason", ""))
+    if found is None:
+        return []
+    try:
+        page = api.get(f"/v1/apps/{app}/logs?machine={found.group(0)}&limit={LAST_LINES}")
+    except AeroError:  # a token that may deploy but not read logs: the reason still shows
+        return []
+    return list(page["lines"])
