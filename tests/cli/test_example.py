@@ -97,7 +97,7 @@ def get_page(started: Started, ready: str = "release <b>", timeout: float = 60.0
 def session_key(data_dir: Path) -> str:
     """The secret as the machine got it, read from its process's environment: the platform
     never shows a value, so this is the only way a test can know what must not appear."""
-    machines = str(data_dir / "machines")
+    machines = str(Settings.from_env(data_dir).machines_dir)
     for proc in Path("/proc").iterdir():
         try:
             if not str((proc / "cwd").readlink()).startswith(machines):

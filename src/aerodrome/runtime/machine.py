@@ -124,13 +124,20 @@ def machine_environment(spec: MachineSpec, secrets: Mapping[str, SecretValue]) -
     return env
 
 
-def _confine(memory_bytes: int, open_files: int) -> Callable[[], None]:
-    """Runs in the child between fork and exec: limits, and no privilege gain through exec."""
+def _confine(memory_bytes: int, open_files: int, uid: int | None = None) -> Callable[[], None]:
+    """Runs in the child between fork and exec: limits, the machine's uid (groups, then gid,
+    then uid: nothing of root's is left), and no privilege gain through exec. Done here rather
+    than with `subprocess`'s user/group arguments, which uvloop's event loop does not take."""
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps full of secrets
+        if uid is not None and os.geteuid() != uid:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.umask(0o077)
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             os._exit(126)
@@ -156,14 +163,12 @@ class Machine:
         if self.process is not None:  # a restart: reap the previous process and its pipes
             await self.wait()
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
-        as_user: dict[str, object] = {}
         if self.spec.user is not None:
             uid = self.spec.user
             if os.geteuid() not in (0, uid):
                 raise PermissionError(f"running a machine as uid {uid} needs the agent to be root")
             check_searchable(self.spec.workdir, uid)
             await asyncio.to_thread(hand_over, self.spec.workdir, uid)
-            as_user = {"user": uid, "group": uid, "extra_groups": [], "umask": 0o077}
         self.process = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
             cwd=self.spec.workdir,
@@ -172,9 +177,8 @@ class Machine:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_confine(self.spec.memory_bytes, self.spec.open_files),
+            preexec_fn=_confine(self.spec.memory_bytes, self.spec.open_files, self.spec.user),
             limit=MAX_LINE,
-            **as_user,  # type: ignore[arg-type]
         )  # fmt: skip
         self.started_at = time.monotonic()
         assert self.process.stdout is not None and self.process.stderr is not None
