@@ -43,6 +43,10 @@ class Platform:
     process: subprocess.Popen[str]
     env: dict[str, str]
 
+    @property
+    def https_port(self) -> int:
+        return int(self.env["AERO_API_URL"].rsplit(":", 1)[1].rstrip("/"))
+
     def aero(
         self,
         *args: str,
