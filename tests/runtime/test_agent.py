@@ -222,7 +222,7 @@ def test_a_rolling_deploy_replaces_one_machine_at_a_time(
         await settle(agent)
         first = {r.machine_id for r in agent.of_app(web.id)}
         assert len(first) == 3 and len(upstreams(services)) == 3
-        second = release(services, tmp_path, machines=3)
+        second = release(services, tmp_path, machines=3, env={"V": "2"})
         stop = asyncio.Event()
         watcher = asyncio.create_task(watch(stop))
         await settle(agent)
@@ -239,7 +239,7 @@ def test_a_rolling_deploy_replaces_one_machine_at_a_time(
 
 
 @sqlite_only
-def test_an_immediate_deploy_starts_every_machine_before_stopping_any(
+def test_an_immediate_deploy_starts_every_machine_before_stopping_any_but_not_for_secrets(
     services: Services, web: App, tmp_path: Path
 ) -> None:
     release(services, tmp_path, machines=2, strategy="immediate")
@@ -248,7 +248,7 @@ def test_an_immediate_deploy_starts_every_machine_before_stopping_any(
 
     async def scenario() -> None:
         await settle(agent)
-        release(services, tmp_path, machines=2, strategy="immediate")
+        release(services, tmp_path, machines=2, strategy="immediate", env={"V": "2"})
         stop = asyncio.Event()
 
         async def watch() -> None:
@@ -261,10 +261,27 @@ def test_an_immediate_deploy_starts_every_machine_before_stopping_any(
         stop.set()
         await watcher
         assert len(agent.of_app(web.id)) == 2 and len(upstreams(services)) == 2
+        assert max(alive) == 4
+        # A secrets change restarts them one at a time, even with `immediate`.
+        alive.clear()
+        stop.clear()
+        with services.store.write() as tx:
+            app = tx.session.merge(web)
+            release_rules.set_secrets(
+                tx, services.keyring(tx.session), services.digester, app,
+                {"API_KEY": SecretValue(b"rotated-value")},
+            )  # fmt: skip
+            release_rules.create_release(tx, app, "secrets set")
+        watcher = asyncio.create_task(watch())
+        await settle(agent)
+        stop.set()
+        await watcher
+        assert max(alive) == 3 and len(agent.of_app(web.id)) == 2
+        for running in agent.of_app(web.id):
+            assert await get(running.address) == f"hello:{len(b'rotated-value')}"
         await agent.shutdown()
 
     asyncio.run(scenario())
-    assert max(alive) == 4
 
 
 @sqlite_only

@@ -79,6 +79,7 @@ class Running:
     config: AppConfig
     machine: Machine
     port: int
+    code: tuple[str, str] = ("", "")  # the release's artifact and aerodrome.toml text
     credential_id: str = ""
     api: LocalApi | None = None  # the machine-local API, holding the credential
     generation: int = 0
@@ -223,8 +224,13 @@ class Agent:
         config = load_config(release.config or "")
         old = sorted(self.of_app(app.id), key=lambda r: r.release != release.number)
         await self._status(app, release.number, "running")
+        # A release that changes only secrets restarts machines one at a time, whatever the
+        # strategy: never all of an app's machines at once for a value change.
+        same_code = bool(old) and all(
+            r.code == (release.artifact or "", release.config or "") for r in old
+        )
         try:
-            if config.strategy == "immediate":
+            if config.strategy == "immediate" and not same_code:
                 await self._immediate(app, release, config, old)
             else:
                 await self._rolling(app, release, config, old)
@@ -318,6 +324,7 @@ class Agent:
             )  # fmt: skip
             machine = Machine(spec, Redactor([]), lambda line: None)  # both set by _start
             running = Running(app.id, app.name, release.number, config, machine, port)
+            running.code = (release.artifact or "", release.config or "")
             self.machines[machine_id] = running
             await self._start(running)
             await self._wait_healthy(running)
