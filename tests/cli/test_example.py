@@ -158,12 +158,15 @@ def test_the_websocket_echo_works_over_wss_from_its_own_origin_only(first_start:
     assert refused.value.response.status_code == 403
 
 
-def test_a_second_start_does_not_deploy_it_again(first_start: Started) -> None:
+def test_a_second_start_serves_it_again_without_deploying_it_again(
+    first_start: Started,
+) -> None:
     stop_platform(first_start.process)
+    https_port = free_port()
     process = start_platform(
         first_start.data_dir,
         first_start.api_port,
-        extra=["--https-port", str(free_port()), "--http-port", str(free_port()),
+        extra=["--https-port", str(https_port), "--http-port", str(free_port()),
                "--metrics-port", str(free_port()), "--edge-workers", "1"],
         example=True,
     )  # fmt: skip
@@ -178,6 +181,16 @@ def test_a_second_start_does_not_deploy_it_again(first_start: Started) -> None:
             timeout=10,
         ).json()
         assert [r["number"] for r in releases] == [1]
+        # The machines of the previous run are gone; the agent runs release 1 afresh and the
+        # edge routes only to the new machine (no stale upstream answering 502).
+        again = Started(first_start.data_dir, first_start.api_port, https_port, env, "", process)
+        assert "release <b>1</b>" in get_page(again)
+        upstreams = httpx.get(
+            f"http://127.0.0.1:{first_start.api_port}/v1/apps/hello/upstreams",
+            headers={"authorization": f"Bearer {env['AERO_API_TOKEN']}"},
+            timeout=10,
+        ).json()
+        assert len(upstreams) == 1
     finally:
         stop_platform(process)
 
