@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 from aerodrome.config import Settings
@@ -15,7 +16,14 @@ from tests.cli.conftest import Platform
 from tests.cli.test_deploy import poll_app
 
 SERVER = """\
-import http.server, json, os, sys
+import http.server, json, os, socket, sys
+for target in filter(None, os.environ.get("PROBE", "").split(",")):  # can it reach these?
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        print("probe", target, "connected", flush=True)
+    except OSError as error:
+        print("probe", target, "refused", type(error).__name__, flush=True)
 if os.environ.get("BREAK"):
     print("boom: cannot start without DATABASE_URL; token", os.environ["API_KEY"], flush=True)
     sys.exit(1)
@@ -31,7 +39,9 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever(
 CANARY = "canary-rollout-7f3e9c1d"
 
 
-def source(tmp_path: Path, app: str, version: str, *, broken: bool = False) -> Path:
+def source(
+    tmp_path: Path, app: str, version: str, *, broken: bool = False, probe: str = ""
+) -> Path:
     directory = tmp_path / f"{app}-{version}{'-broken' if broken else ''}"
     directory.mkdir()
     (directory / "server.py").write_text(SERVER)
@@ -39,7 +49,9 @@ def source(tmp_path: Path, app: str, version: str, *, broken: bool = False) -> P
         f'app = "{app}"\n'
         f'kill_timeout = "2s"\n'
         f"[env]\n"
-        f'VERSION = "{version}"\n' + ('BREAK = "1"\n' if broken else "") + "[processes]\n"
+        f'VERSION = "{version}"\nPROBE = "{probe}"\n'
+        + ('BREAK = "1"\n' if broken else "")
+        + "[processes]\n"
         'app = "python3 server.py"\n'
         "[deploy]\n"
         "machines = 2\n"
@@ -160,8 +172,23 @@ def test_a_test_environment_token_cannot_reach_production(
         assert result.returncode == 1 and "wrong_app" in result.stderr, (what, result.stderr)
     assert [r["number"] for r in platform.aero_json("releases", "-a", "env-prod")] == [1]
 
-    # Its own app deploys with it, on machines of the test environment's uid.
-    platform.aero("deploy", "-c", str(source(tmp_path, "env-qa", "qa")), token=qa_token)
+    # Its own app deploys with it, on machines of the test environment's uid, which have no
+    # route to this host: not to a production machine, not to the API.
+    [prod_machine] = platform.aero_json("machines", "list", "-a", "env-prod")[:1]
+    targets = [prod_machine["address"], f"127.0.0.1:{platform.port}"]
+    qa = source(tmp_path, "env-qa", "qa", probe=",".join(targets))
+    platform.aero("deploy", "-c", str(qa), token=qa_token)
+    logged = platform.aero("logs", "-a", "env-qa", "--json", token=qa_token).stdout
+    probes = [
+        line["message"]
+        for line in map(json.loads, logged.splitlines())
+        if line["message"].startswith("probe")
+    ]
+    assert set(probes) == {f"probe {t} refused ConnectionRefusedError" for t in targets}
+    for target in targets:  # both listen: anyone else (this test) connects
+        host, port = target.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=3).close()
+    assert '"qa"' in poll_app(platform, "env-qa.localhost", lambda b: "qa" in b)  # still served
     uids = {
         app: {uid_of(platform, m["id"]) for m in platform.aero_json("machines", "list", "-a", app)}
         for app in ("env-prod", "env-qa")

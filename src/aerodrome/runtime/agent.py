@@ -40,6 +40,7 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import tokens as token_records
 from aerodrome.runtime.artifact import unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
+from aerodrome.runtime.isolation import isolate_test_machines
 from aerodrome.runtime.localapi import Identity, LocalApi, MachineCredentialCheck
 from aerodrome.runtime.logstore import LogStore
 from aerodrome.runtime.machine import LogLine, Machine, MachineSpec, machine_uid
@@ -117,6 +118,9 @@ class Agent:
     # -- following the store -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, interval: float = 0.5) -> None:
+        problem = await asyncio.to_thread(isolate_test_machines, machine_uid("test"))
+        if problem:
+            log.warning("test-environment isolation: %s", problem)
         await asyncio.to_thread(self.forget_previous_run)
         while not stop.is_set():
             try:
