@@ -22,6 +22,7 @@ from aerodrome.platform import apps as app_rules
 from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as release_rules
+from aerodrome.runtime import agent as agent_module
 from aerodrome.runtime.agent import Agent
 from aerodrome.runtime.artifact import build_artifact, store_artifact
 from aerodrome.runtime.machine import machine_uid
@@ -95,7 +96,7 @@ def shared() -> Iterator[Path]:
 def release(
     services: Services,
     tmp_path: Path,
-    check_path: str = "/healthz",
+    check_path: str | None = "/healthz",
     *,
     machines: int = 1,
     strategy: str = "rolling",
@@ -106,6 +107,12 @@ def release(
     source.mkdir()
     (source / "server.py").write_text(SERVER)
     extra = "".join(f'{k} = "{v}"\n' for k, v in (env or {}).items())
+    checks = (
+        f'[[http_service.checks]]\npath = "{check_path}"\ninterval = "1s"\ntimeout = "1s"\n'
+        'grace_period = "1s"\n'
+        if check_path
+        else ""
+    )
     config = f"""app = "web"
 kill_timeout = "2s"
 [env]
@@ -118,12 +125,7 @@ strategy = "{strategy}"
 machines = {machines}
 [http_service]
 internal_port = 8080
-[[http_service.checks]]
-path = "{check_path}"
-interval = "1s"
-timeout = "1s"
-grace_period = "1s"
-"""
+{checks}"""
     artifact = build_artifact(source)
     store_artifact(artifact, services.settings.data_dir / "artifacts")
     artifact.discard()
@@ -435,3 +437,21 @@ def test_a_machine_knows_itself_through_its_local_api_and_runs_unprivileged(
     }  # fmt: skip
     assert f" uid {machine_uid('production')} " in line  # not root: the production uid
     assert "aero1_" not in line and "AERO_API_SOCKET" in line  # the socket, not the credential
+
+
+@sqlite_only
+def test_a_machine_that_never_listens_fails_its_release_with_a_clear_reason(
+    services: Services, web: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "NO_CHECK_WAIT", 2.0)
+    number = release(services, tmp_path, None, command="sleep 60")
+    agent = Agent(services)
+
+    async def scenario() -> None:
+        await settle(agent)
+        await agent.shutdown()
+
+    asyncio.run(scenario())
+    state, reason = status(services, number)
+    assert state == "failed" and "never listened on $PORT" in reason
+    assert machines(services) == [] and upstreams(services) == []  # nothing half-deployed

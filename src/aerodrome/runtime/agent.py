@@ -456,8 +456,14 @@ class Agent:
                 )  # fmt: skip
                 return
             await asyncio.sleep(0.2)
-        what = f"check {check.method} {check.path}" if check else f"port {running.port}"
-        raise StartFailed(f"machine {running.machine_id}: {what} never passed ({last})")
+        if check is None:
+            raise StartFailed(
+                f"machine {running.machine_id} never listened on $PORT ({running.port}): "
+                "the app must serve on the port in its PORT variable"
+            )
+        raise StartFailed(
+            f"machine {running.machine_id}: check {check.method} {check.path} never passed ({last})"
+        )
 
     @staticmethod
     def _check_of(config: AppConfig) -> Check | None:
