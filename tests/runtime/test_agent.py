@@ -23,7 +23,7 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime import agent as agent_module
-from aerodrome.runtime.agent import Agent
+from aerodrome.runtime.agent import Agent, Running
 from aerodrome.runtime.artifact import build_artifact, store_artifact
 from aerodrome.runtime.machine import machine_uid
 from aerodrome.secrets.values import SecretValue
@@ -455,3 +455,37 @@ def test_a_machine_that_never_listens_fails_its_release_with_a_clear_reason(
     state, reason = status(services, number)
     assert state == "failed" and "never listened on $PORT" in reason
     assert machines(services) == [] and upstreams(services) == []  # nothing half-deployed
+
+
+@sqlite_only
+def test_a_long_running_machine_gets_a_fresh_credential_and_the_old_one_is_revoked(
+    services: Services, web: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "CREDENTIAL_REFRESH", 0.2)
+    release(services, tmp_path)
+    agent = Agent(services)
+
+    def revoked() -> list[bool]:
+        with services.store.read() as session:
+            rows = session.execute(
+                select(Token).where(Token.kind == "machine").order_by(Token.created_at)
+            ).scalars()
+            return [row.revoked_at is not None for row in rows]
+
+    async def whoami(running: Running) -> int:
+        reader, writer = await asyncio.open_unix_connection(str(running.machine.spec.api_socket))
+        writer.write(b"GET /v1/self HTTP/1.1\r\nHost: machine\r\nConnection: close\r\n\r\n")
+        status = int((await reader.readline()).split()[1])
+        writer.close()
+        return status
+
+    async def scenario() -> None:
+        await settle(agent)
+        [running] = agent.of_app(web.id)
+        assert revoked() == [False] and await whoami(running) == 200
+        await asyncio.sleep(0.3)
+        await agent.supervise()
+        assert revoked() == [True, False] and await whoami(running) == 200
+        await agent.shutdown()
+
+    asyncio.run(scenario())

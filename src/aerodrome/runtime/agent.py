@@ -58,6 +58,7 @@ CRASH_LIMIT = 5
 DRAIN = 1.0  # the edge polls the store every 0.5 s: after this, no new request reaches it
 FAILING_AFTER = 2  # consecutive failed checks before a started machine leaves the route table
 NO_CHECK_WAIT = 15.0  # without a check: how long the port may take to open
+CREDENTIAL_REFRESH = 24 * 3600.0
 
 
 def free_port() -> int:
@@ -82,6 +83,7 @@ class Running:
     port: int
     code: tuple[str, str] = ("", "")  # the release's artifact and aerodrome.toml text
     credential_id: str = ""
+    credential_at: float = 0.0  # monotonic time it was minted
     api: LocalApi | None = None  # the machine-local API, holding the credential
     generation: int = 0
     upstream_id: str | None = None  # set while the edge routes to it
@@ -204,6 +206,11 @@ class Agent:
             requests = [(r, rows[r.machine_id]) for r in mine if r.machine_id in rows]
             if any(self._asks(r, row) for r, row in requests):
                 self._spawn(app.id, self._honour(app, requests))
+
+    def _busy(self, app_id: str) -> bool:
+        """A rollout or a request of this app is in progress."""
+        task = self._tasks.get(app_id)
+        return task is not None and not task.done()
 
     async def idle(self) -> None:
         """Wait for every rollout and request in progress (tests and shutdown)."""
@@ -378,7 +385,7 @@ class Agent:
         """Mint a credential, unseal this release's secrets with it, start the process."""
         await asyncio.to_thread(self._report, running.machine_id, state="starting", reason="")
         credential, credential_id, identity = await asyncio.to_thread(self._credential, running)
-        running.credential_id = credential_id
+        running.credential_id, running.credential_at = credential_id, time.monotonic()
         secrets = await asyncio.to_thread(
             unseal_for_machine, self.services, credential, running.app_id, running.release,
             running.machine_id,
@@ -609,13 +616,31 @@ class Agent:
         now = time.monotonic()
         due = []
         for running in list(self.machines.values()):
-            if running.stopped or running.failed or running.app_id in self._tasks:
+            if running.stopped or running.failed or self._busy(running.app_id):
                 continue
             if not running.machine.running:
                 await self._crashed(running, now)
-            elif now >= running.next_check:
+                continue
+            if now >= running.next_check:
                 due.append(running)
+            if now - running.credential_at > CREDENTIAL_REFRESH:
+                await self._refresh_credential(running)
         await asyncio.gather(*(self._check(r) for r in due))
+
+    async def _refresh_credential(self, running: Running) -> None:
+        """Machine tokens expire (30 days); a long-running machine's local API gets a fresh one
+        every day, and the old one is revoked."""
+        old = running.credential_id
+        credential, running.credential_id, identity = await asyncio.to_thread(
+            self._credential, running
+        )
+        running.credential_at = time.monotonic()
+        if running.api is not None:
+            running.api.check = MachineCredentialCheck(self.services, credential, identity)
+        del credential
+        fresh, running.credential_id = running.credential_id, old
+        await asyncio.to_thread(self._revoke_credential, running)
+        running.credential_id = fresh
 
     async def _check(self, running: Running) -> None:
         check = self._check_of(running.config)
