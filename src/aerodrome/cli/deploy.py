@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from aerodrome.cli.common import client
 from aerodrome.cli.output import JsonFlag, console, emit_json, err_console
 from aerodrome.cli.publish import publish
-from aerodrome.cli.rollout import follow
+from aerodrome.cli.rollout import follow, roll_back
 from aerodrome.config import DEFAULT_DATA_DIR
 from aerodrome.runtime.config import DEFAULT_FILE, load_config_file
 
@@ -42,12 +42,8 @@ def deploy(
     """Deploy the directory of aerodrome.toml as a new release, and wait until it serves."""
     api = client()
     if rollback is not None:
-        if app_name is None:
-            app_name = load_config_file(config).app
-        release = api.post(f"/v1/apps/{app_name}/releases/{rollback}/rollback")
-        _created(app_name, release, f"rolls back to release {rollback}", json_mode, detach)
-        if not detach:
-            follow(api, app_name, release["number"], json_mode=json_mode, timeout=wait_timeout)
+        app = app_name or load_config_file(config).app
+        roll_back(api, app, rollback, detach=detach, json_mode=json_mode, timeout=wait_timeout)
         return
     parsed = load_config_file(config)  # whole-file validation before anything else happens
     app = app_name or parsed.app
@@ -86,30 +82,17 @@ def deploy(
             }
         )
         return
-    _created(
-        app,
-        release,
-        f"{artifact.files} files, {artifact.size} bytes ({artifact.digest[:19]}…)",
-        json_mode,
-        detach,
-    )
-    if not detach:
-        follow(api, app, release["number"], json_mode=json_mode, timeout=wait_timeout)
-
-
-def _created(app: str, release: dict[str, Any], what: str, json_mode: bool, detach: bool) -> None:
-    if json_mode:
-        if detach:
-            emit_json({"app": app, "release": release})
-        return
-    secrets = release.get("secrets") or {}
-    console.print(
-        f"release {release['number']} of {app}: {what}, {len(secrets)} secret(s)",
-        highlight=False,
-    )
+    if not json_mode:
+        console.print(
+            f"release {release['number']} of {app}: {artifact.files} files, {artifact.size} "
+            f"bytes ({artifact.digest[:19]}…), {len(release['secrets'])} secret(s)",
+            highlight=False,
+        )
     if detach:
         console.print(
             f"the agent rolls it out; follow it with `aero releases show {release['number']} "
             f"-a {app}`",
             style="dim",
         )
+        return
+    follow(api, app, release["number"], json_mode=json_mode, timeout=wait_timeout)

@@ -9,7 +9,7 @@ import typer
 from aerodrome.cli.common import client
 from aerodrome.cli.deploy import WaitOpt
 from aerodrome.cli.output import JsonFlag, console, emit_json, record, table
-from aerodrome.cli.rollout import follow
+from aerodrome.cli.rollout import roll_back
 
 app = typer.Typer(help="List, show and roll back an app's releases.", invoke_without_command=True)
 
@@ -75,20 +75,4 @@ def rollback(
     json_mode: JsonFlag = False,
 ) -> None:
     """A new release with release NUMBER's code and configuration (and today's secrets)."""
-    api = client()
-    release = api.post(f"/v1/apps/{app_name}/releases/{number}/rollback")
-    if detach:
-        if json_mode:
-            emit_json(release)
-        else:
-            console.print(
-                f"release {release['number']} of {app_name} rolls back to release {number}",
-                highlight=False,
-            )
-        return
-    if not json_mode:
-        console.print(
-            f"release {release['number']} of {app_name} rolls back to release {number}",
-            highlight=False,
-        )
-    follow(api, app_name, release["number"], json_mode=json_mode, timeout=wait_timeout)
+    roll_back(client(), app_name, number, detach=detach, json_mode=json_mode, timeout=wait_timeout)

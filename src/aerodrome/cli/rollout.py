@@ -98,3 +98,19 @@ def _last_lines(api: Client, app: str, release: dict[str, Any]) -> list[dict[str
     except AeroError:  # a token that may deploy but not read logs: the reason still shows
         return []
     return list(page["lines"])
+
+
+def roll_back(
+    api: Client, app: str, number: int, *, detach: bool, json_mode: bool, timeout: float
+) -> None:
+    """A new release with release `number`'s code and config; followed unless `detach`."""
+    release = api.post(f"/v1/apps/{app}/releases/{number}/rollback")
+    if json_mode and detach:
+        emit_json(release)
+    elif not json_mode:
+        console.print(
+            f"release {release['number']} of {app} rolls back to release {number}",
+            highlight=False,
+        )
+    if not detach:
+        follow(api, app, release["number"], json_mode=json_mode, timeout=timeout)
