@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -19,17 +20,24 @@ import httpx
 import pytest
 
 from aerodrome.cli import logs as cli_logs
+from aerodrome.config import Settings
 from aerodrome.errors import AeroError
 from tests.cli.conftest import AERO, Platform
 
 APP = "logs-web"
-# Prints the secret raw, base64-encoded and on stderr, then serves (http.server writes a line
-# to stderr for every request, which is what the follow test waits for).
+# Prints the secret raw, base64-encoded, URL-encoded, JSON-escaped, split across two writes
+# and on stderr, then serves (http.server writes a line to stderr for every request, which is
+# what the follow test waits for).
 SERVER = """\
-import base64, http.server, os, sys
+import base64, http.server, json, os, sys, time, urllib.parse
 secret = os.environ["LOG_CANARY"]
 print("starting with " + secret, flush=True)
 print("encoded " + base64.b64encode(secret.encode()).decode(), flush=True)
+print("url " + urllib.parse.quote(secret, safe=""), flush=True)
+print("json " + json.dumps({"token": secret}), flush=True)
+half = len(secret) // 2
+sys.stdout.write("split " + secret[:half]); sys.stdout.flush(); time.sleep(0.2)
+sys.stdout.write(secret[half:] + "\\n"); sys.stdout.flush()
 print("to stderr " + secret, file=sys.stderr, flush=True)
 http.server.HTTPServer(
     ("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler
@@ -49,7 +57,7 @@ HUMAN = re.compile(
 @pytest.fixture(scope="module")
 def canary(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> str:
     """`APP` deployed, with the secret `LOG_CANARY` (whose value this is) in its environment."""
-    value = f"canary-{uuid.uuid4().hex}"
+    value = f'canary/{uuid.uuid4().hex}+"quoted" value'  # its encodings differ from it
     platform.aero("orgs", "create", "logs-org")
     platform.aero("apps", "create", APP, "--org", "logs-org")
     platform.aero("secrets", "set", "-a", APP, "LOG_CANARY=-", stdin=value)
@@ -61,7 +69,13 @@ def canary(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _forms(canary: str) -> list[str]:
-    return [canary, base64.b64encode(canary.encode()).decode()]
+    return [
+        canary,
+        base64.b64encode(canary.encode()).decode(),
+        urllib.parse.quote(canary, safe=""),
+        json.dumps(canary)[1:-1],
+        canary[: len(canary) // 2],  # a split write must not leak its first half either
+    ]
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
@@ -81,10 +95,13 @@ def _wait_for_lines(platform: Platform, count: int) -> list[dict[str, Any]]:
 
 
 def test_logs_show_the_apps_output_with_its_secret_masked(platform: Platform, canary: str) -> None:
-    lines = _wait_for_lines(platform, 3)
-    assert {(x["stream"], x["message"]) for x in lines[:3]} == {
+    lines = _wait_for_lines(platform, 6)
+    assert {(x["stream"], x["message"]) for x in lines[:6]} == {
         ("stdout", "starting with [REDACTED]"),
         ("stdout", "encoded [REDACTED]"),
+        ("stdout", "url [REDACTED]"),
+        ("stdout", 'json {"token": "[REDACTED]"}'),
+        ("stdout", "split [REDACTED]"),
         ("stderr", "to stderr [REDACTED]"),
     }
     machine = lines[0]["machine"]
@@ -230,3 +247,17 @@ def test_following_stops_on_errors_that_retrying_cannot_fix(
         _run(monkeypatch, api, json_mode=True)
     assert raised.value is denied
     assert [json.loads(row) for row in capsys.readouterr().out.splitlines()] == [_line(1, "one")]
+
+
+def test_no_form_of_the_secret_is_stored_anywhere_on_disk(platform: Platform, canary: str) -> None:
+    _wait_for_lines(platform, 6)
+    forms = [form.encode() for form in _forms(canary)]
+    roots = [platform.data_dir, Settings.from_env(platform.data_dir).machines_dir]
+    scanned = 0
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_socket():
+                data = path.read_bytes()
+                scanned += 1
+                assert not [f for f in forms if f in data], path
+    assert scanned > 10  # the database, logs, artifacts, machine trees were all read
