@@ -2,10 +2,10 @@
 """Deploy benchmark: `aero deploy` to the new release serving, machine start latency, and the
 cost of unsealing secrets, for the example app (examples/hello), against naive peers.
 
-    PYTHONPATH=src .venv/bin/python bench/deploy.py [--deploys 5] [--starts 20]
-                                                    [--unseal-runs 200] [--json] [--write-readme]
+    .venv/bin/python bench/deploy.py [--deploys 5] [--starts 20] [--unseal-runs 200]
+                                     [--json] [--write-readme]
 
-Three parts, in one invocation (about 2 minutes with the defaults):
+Three parts, in one invocation (about a minute with the defaults):
 
   1 deploy   A real platform (`aero up --no-example` on a throwaway data directory and free
              ports, as tests/cli/conftest.py starts it). As its admin, through the CLI: org
@@ -275,6 +275,15 @@ def shown_release(response: bytes | None) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def failure_of(response: bytes | None) -> str:
+    """`502 bad_gateway`: the status and the platform's error code, for the notes."""
+    if not response:
+        return "no response"
+    status = response.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
+    code = re.search(rb'"code": "([a-z_]+)"', response)
+    return f"{status} {code.group(1).decode()}" if code else status
+
+
 class Watcher(threading.Thread):
     """Polls a page from `started` until it shows release `wanted`; records when, and how
     long the page failed to answer (no 200 with a release) meanwhile: the longest gap."""
@@ -298,7 +307,7 @@ class Watcher(threading.Thread):
             shown = shown_release(self.last)
             if shown is None:
                 self.failed += 1
-                status = (self.last or b"no response").split(b"\r\n", 1)[0].decode("latin-1")
+                status = failure_of(self.last)
                 self.failures[status] = self.failures.get(status, 0) + 1
                 failing_since = now if failing_since is None else failing_since
             elif failing_since is not None:
@@ -697,8 +706,8 @@ def method_text(results: dict[str, Any], host: Host, args: argparse.Namespace) -
         f"`aero deploy`; it includes the CLI's own start, packaging and upload, the agent "
         f"noticing the release (0.5 s store poll), its check loop (every 0.2 s) and the edge "
         f"picking up the new route (0.5 s store poll). `aero deploy` returns later: it polls "
-        f"every 0.5 s for `complete`, which the agent sets after draining (1 s) and stopping "
-        f"the old machine. Peer: a naive restart of the same app on one port (copy the "
+        f"every 0.5 s for `complete`, which the agent sets once the old machine is retired. "
+        f"Peer: a naive restart of the same app on one port (copy the "
         f"directory, SIGTERM the old `python3 app.py`, start the new one, GET / over plain "
         f"HTTP every {EDGE_POLL * 1000:.0f} ms until the page shows the new release); it has "
         f"downtime, the platform should have none. 'No answer' is the longest run of GETs "
@@ -730,6 +739,15 @@ def notes(results: dict[str, Any]) -> list[str]:
             f"deploy, in ms: {gaps}. Each timed deploy replaces a serving release, so any "
             f"failure here is a request the rollout dropped."
         )
+        if any(status.startswith("502") for status in d["failures"]):
+            out.append(
+                "A 502 `bad_gateway` is the edge failing to connect to the machine its route "
+                "table names: the old machine was stopped before the edge workers loaded the "
+                "table without it. In runtime/agent.py as measured, a rolling deploy's "
+                "`_switch` already unroutes the old machine (`upstream_id = None`), so the "
+                "`_retire` -> `_stop` that follows skips its 1 s drain and stops it at once, "
+                "while the edge polls the store every 0.5 s."
+            )
     else:
         out.append(
             f"None of the {d['polls']} GETs through the edge during the timed deploys failed: "
@@ -742,14 +760,14 @@ def readme_section(table: str, method: str, when: str, run_notes: list[str]) -> 
     lines = [
         "## Deploy: `aero deploy` to serving, machine start, unsealing (`bench/deploy.py`)",
         "",
-        "    PYTHONPATH=src .venv/bin/python bench/deploy.py [--deploys 5] [--starts 20] "
-        "[--json] [--write-readme]",
+        "    .venv/bin/python bench/deploy.py [--deploys 5] [--starts 20] [--json] "
+        "[--write-readme]",
         "",
         "A real `aero up` deploys examples/hello again and again, timed until the new release",
         "serves through the edge; a machine of the example is started directly and timed to its",
         "first passing check; the unseal that precedes every start is timed on its own. The",
         "peers are a naive restart and a naive `Popen` of the same app; see the script's",
-        "docstring. Medians; the figures come from a shared 2-core machine and are noisy.",
+        "docstring. Medians, with min-max: the machine is shared (see Method), so they are noisy.",
         "",
         f"Last run: {when}.",
         "",
