@@ -54,6 +54,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -149,11 +150,14 @@ class Host:
     load_start: tuple[float, ...] = ()
     load_end: tuple[float, ...] = ()
     busy_fraction: float = 0.0
+    busy_cpu_s: float = 0.0  # all CPUs, all processes, over the run
+    ours_cpu_s: float = 0.0  # this script and everything it started (reaped children)
     others_cpu_s: float = 0.0
     others_top: list[tuple[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     _t0: float = 0.0
     _busy0: tuple[int, int] = (0, 0)
+    _ours0: float = 0.0
     _ticks0: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -164,21 +168,31 @@ class Host:
                     break
         self.load_start = os.getloadavg()
         self._t0, self._busy0, self._ticks0 = time.monotonic(), busy_jiffies(), cpu_ticks_by_pid()
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        self._ours0 = me.ru_utime + me.ru_stime  # the imports so far are not the run's
 
     def stop(self) -> None:
-        """Called once everything this script started has stopped: CPU used by processes
-        alive at both ends, other than this one, is other work sharing the machine (a lower
-        bound: processes that came and went in between are not counted)."""
+        """Called once everything this script started has stopped and been reaped. Other
+        work's CPU is the machine's busy time minus ours (our own rusage and our children's,
+        which includes the platform's components and machines: each parent reaps its
+        children); the biggest other processes are those alive at both ends."""
         self.wall_s = time.monotonic() - self._t0
         self.load_end = os.getloadavg()
         busy, total = busy_jiffies()
         self.busy_fraction = (busy - self._busy0[0]) / max(1, total - self._busy0[1])
         tick = os.sysconf("SC_CLK_TCK")
+        self.busy_cpu_s = (busy - self._busy0[0]) / tick
+        me, children = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        self.ours_cpu_s = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+        self.ours_cpu_s -= self._ours0
         used: dict[str, float] = {}
         for key, (comm, ticks) in cpu_ticks_by_pid().items():
             if key in self._ticks0 and key[0] != os.getpid():
                 used[comm] = used.get(comm, 0.0) + (ticks - self._ticks0[key][1]) / tick
-        self.others_cpu_s = sum(used.values())
+        self.others_cpu_s = max(0.0, self.busy_cpu_s - self.ours_cpu_s)
         self.others_top = sorted(used.items(), key=lambda kv: -kv[1])[:4]
 
 
@@ -694,8 +708,9 @@ def method_text(results: dict[str, Any], host: Host, args: argparse.Namespace) -
         f"worker count, agent), the `aero` CLI, the HTTPS poller, the machines and the peers. "
         f"The machine is shared with other work and the figures are noisy: load average {load0} "
         f"at the start, {load1} at the end; it was {host.busy_fraction:.0%} busy over the "
-        f"{host.wall_s:.0f} s run, and processes outside this benchmark used at least "
-        f"{host.others_cpu_s:.0f} CPU-s (biggest: {others}). "
+        f"{host.wall_s:.0f} s run ({host.busy_cpu_s:.0f} CPU-s), of which this benchmark's "
+        f"processes used {host.ours_cpu_s:.0f} CPU-s and other work about "
+        f"{host.others_cpu_s:.0f} (biggest still running at the end: {others}). "
         f"(1) `aero up --no-example` on a throwaway data directory (ready in "
         f"{d['aero_up_s']:.1f} s); org, app `{APP}` and a staged `{SECRET}` through the CLI; one "
         f"untimed deploy, then {args.deploys} timed deploys of examples/hello, each with a "
