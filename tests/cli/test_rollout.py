@@ -8,7 +8,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
+import threading
+import time
 from pathlib import Path
+
+import httpx
 
 from aerodrome.config import Settings
 from aerodrome.runtime.machine import machine_uid
@@ -100,8 +105,10 @@ def test_deploy_waits_for_its_machines_and_a_broken_one_rolls_back(
     ]
     assert '"one"' in poll_app(platform, "roll-web.localhost", lambda b: "one" in b)
 
-    platform.aero("deploy", "-c", str(source(tmp_path, "roll-web", "three")))
-    assert '"three"' in poll_app(platform, "roll-web.localhost", lambda b: "three" in b)
+    with Watch(platform, "roll-web.localhost") as watch:  # every request answered, throughout
+        platform.aero("deploy", "-c", str(source(tmp_path, "roll-web", "three")))
+    assert watch.answers and watch.failures == [], watch.failures
+    assert {"one", "three"} >= set(watch.answers) and "three" in watch.answers
     back = platform.aero_json("releases", "rollback", "1", "-a", "roll-web")
     assert back["release"]["number"] == 4 and back["release"]["status"] == "complete"
     served = json.loads(poll_app(platform, "roll-web.localhost", lambda b: '"4"' in b))
@@ -129,8 +136,6 @@ def test_machines_stop_and_start_on_request(platform: Platform, tmp_path: Path) 
 
 
 def wait_state(platform: Platform, app: str, machine: str, state: str) -> bool:
-    import time
-
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         rows = {m["id"]: m for m in platform.aero_json("machines", "list", "-a", app)}
@@ -195,6 +200,43 @@ def test_a_test_environment_token_cannot_reach_production(
     }
     assert uids == {"env-prod": {machine_uid("production")}, "env-qa": {machine_uid("test")}}
     assert machine_uid("production") != machine_uid("test")
+
+
+class Watch:
+    """GETs an app through the edge every 20 ms in a thread; records versions and failures."""
+
+    def __init__(self, platform: Platform, name: str) -> None:
+        self.url = f"https://127.0.0.1:{platform.https_port}/"
+        self.headers = {"host": f"{name}:{platform.https_port}"}
+        self.sni = name
+        self.trust = ssl.create_default_context(cafile=platform.env["AERO_CA_BUNDLE"])
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(verify=self.trust, timeout=5.0) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.get(
+                        self.url, headers=self.headers, extensions={"sni_hostname": self.sni}
+                    )
+                    if response.status_code == 200:
+                        self.answers.append(response.json()["version"])
+                    else:
+                        self.failures.append(f"{response.status_code} {response.text[:80]}")
+                except httpx.HTTPError as error:
+                    self.failures.append(type(error).__name__)
+                time.sleep(0.02)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def uid_of(platform: Platform, machine_id: str) -> int:

@@ -87,6 +87,7 @@ class Running:
     api: LocalApi | None = None  # the machine-local API, holding the credential
     generation: int = 0
     upstream_id: str | None = None  # set while the edge routes to it
+    unrouted_at: float = 0.0  # when it last left the route table (monotonic)
     healthy: bool = False
     failures: int = 0  # consecutive failed checks
     next_check: float = 0.0
@@ -526,6 +527,7 @@ class Agent:
     def _unroute(tx: Tx, app: App, running: Running) -> None:
         if running.upstream_id and tx.session.get(Upstream, running.upstream_id) is not None:
             upstream_rules.remove_upstream(tx, app, running.upstream_id)
+            running.unrouted_at = time.monotonic()
         running.upstream_id = None
 
     async def _route(self, running: Running, routed: bool) -> None:
@@ -547,7 +549,10 @@ class Agent:
         running.stopped = True
         if running.upstream_id is not None:
             await self._route(running, routed=False)
-            await asyncio.sleep(DRAIN)
+        # Unrouted here or by the switch that replaced it: the edge sees that within a poll.
+        drained = time.monotonic() - running.unrouted_at
+        if drained < DRAIN:
+            await asyncio.sleep(DRAIN - drained)
         await asyncio.to_thread(self._report, running.machine_id, state="stopping", reason=reason)
         await running.machine.stop(
             grace=running.config.kill_timeout,
