@@ -15,23 +15,11 @@ from aerodrome.cli.client import Client
 from aerodrome.cli.output import JsonFlag, console, emit_json
 from aerodrome.config import DEFAULT_DATA_DIR, Settings
 from aerodrome.errors import AeroError
-from aerodrome.services import Services
-from aerodrome.up import (
-    ENV_FILE,
-    EdgePorts,
-    Supervisor,
-    agent_component,
-    api_component,
-    bootstrap,
-    certs_component,
-    edge_component,
-    port_free,
-    wait_for_https,
-    write_env_file,
-)
 
 
 def _check_ports(host: str, ports: dict[str, int]) -> None:
+    from aerodrome.up import port_free
+
     for flag, port in ports.items():
         if port and not port_free(host, port):
             raise AeroError(
@@ -116,6 +104,22 @@ def up(
 
     The first start of a data directory also deploys the example app in examples/hello of the
     repository checkout and prints its URL (--no-example skips it)."""
+    # The platform's own modules (store, migrations, supervisor) load only for this command:
+    # every other `aero` command starts without them.
+    from aerodrome.services import Services
+    from aerodrome.up import (
+        ENV_FILE,
+        EdgePorts,
+        Supervisor,
+        agent_component,
+        api_component,
+        bootstrap,
+        certs_component,
+        edge_component,
+        wait_for_https,
+        write_env_file,
+    )
+
     os.umask(0o077)  # everything the platform writes under the data directory is private
     settings = dataclasses.replace(Settings.from_env(data_dir), domain=domain.lower())
     _check_ports(host, {"--api-port": api_port})

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aerodrome.errors import InvalidInput
-from aerodrome.platform.http_service import HttpService, parse_http_service
+from aerodrome.platform.http_policy import HttpService, parse_http_service
 from aerodrome.platform.names import RESERVED_APP_NAMES
 
 DEFAULT_FILE = "aerodrome.toml"
