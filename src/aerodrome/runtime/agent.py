@@ -243,36 +243,48 @@ class Agent:
         )
         try:
             if config.strategy == "immediate" and not same_code:
-                await self._immediate(app, release, config, old)
+                unrouted = await self._immediate(app, release, config, old)
             else:
-                await self._rolling(app, release, config, old)
+                unrouted = await self._rolling(app, release, config, old)
         except StartFailed as failure:
             log.error("release %s of %s failed: %s", release.number, app.name, failure)
             await self._status(app, release.number, "failed", str(failure))
             await self._recover(app, release.number)
             return
-        for extra in [r for r in self.of_app(app.id) if r.release != release.number]:
-            await self._retire(app, extra)  # more old machines than the new release wants
-        await self._status(app, release.number, "complete")
-        log.info(
-            "release %s of %s serves on %s machine(s)", release.number, app.name, config.machines
-        )
+        await self._finish(app, release.number, config, unrouted)
+
+    async def _finish(
+        self, app: App, number: int, config: AppConfig, unrouted: list[Running]
+    ) -> None:
+        """Only the release's machines take traffic: it is complete (the CLI returns); the
+        machines it replaced drain and stop after that."""
+        extras = [
+            r for r in self.of_app(app.id) if r.release != number and r not in unrouted
+        ]  # more old machines than the new release wants
+        await self._switch(app, config, add=[], remove=extras)
+        await self._status(app, number, "complete")
+        log.info("release %s of %s serves on %s machine(s)", number, app.name, config.machines)
+        await asyncio.gather(*(self._retire(app, r) for r in [*unrouted, *extras]))
 
     async def _rolling(
         self, app: App, release: Release, config: AppConfig, old: list[Running]
-    ) -> None:
+    ) -> list[Running]:
+        """One machine at a time; returns the last machine it unrouted, not yet stopped."""
         keep = [r for r in old if r.release == release.number]  # a crash-free partial rollout
         replace = [r for r in old if r.release != release.number]
+        last: list[Running] = []
         for _ in range(len(keep), config.machines):
+            for previous in last:  # drained while the edge moved on; one extra machine at most
+                await self._retire(app, previous)
             new = await self._launch(app, release, config)
             before = replace.pop(0) if replace else None
             await self._switch(app, config, add=[new], remove=[before] if before else [])
-            if before is not None:
-                await self._retire(app, before)
+            last = [before] if before else []
+        return last
 
     async def _immediate(
         self, app: App, release: Release, config: AppConfig, old: list[Running]
-    ) -> None:
+    ) -> list[Running]:
         started = await asyncio.gather(
             *(self._launch(app, release, config) for _ in range(config.machines)),
             return_exceptions=True,
@@ -288,7 +300,7 @@ class Agent:
                 else StartFailed(f"a machine did not start: {type(failures[0]).__name__}")
             )
         await self._switch(app, config, add=fresh, remove=old)
-        await asyncio.gather(*(self._retire(app, r) for r in old))
+        return old
 
     async def _recover(self, app: App, failed: int) -> None:
         """After a failed deploy: machines already moved to the failed release go back to the
@@ -299,10 +311,10 @@ class Agent:
         for candidate, release in wanted:
             if candidate.id == app.id:
                 log.info("rolling %s back to release %s", app.name, release.number)
+                config = load_config(release.config or "")
                 with contextlib.suppress(StartFailed):
-                    await self._rolling(
-                        app, release, load_config(release.config or ""), self.of_app(app.id)
-                    )
+                    unrouted = await self._rolling(app, release, config, self.of_app(app.id))
+                    await self._finish(app, release.number, config, unrouted)
 
     async def _status(self, app: App, number: int, status: str, reason: str = "") -> None:
         def write() -> None:
