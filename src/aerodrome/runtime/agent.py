@@ -256,15 +256,18 @@ class Agent:
     async def _finish(
         self, app: App, number: int, config: AppConfig, unrouted: list[Running]
     ) -> None:
-        """Only the release's machines take traffic: it is complete (the CLI returns); the
-        machines it replaced drain and stop after that."""
+        """Only the release's machines are routed. Once the edge has had time to see that (a
+        drain: two of its store polls) the release is complete and `aero deploy` returns; the
+        machines it replaced stop meanwhile (their own drain runs from when they left)."""
         extras = [
             r for r in self.of_app(app.id) if r.release != number and r not in unrouted
         ]  # more old machines than the new release wants
         await self._switch(app, config, add=[], remove=extras)
+        retiring = [asyncio.create_task(self._retire(app, r)) for r in [*unrouted, *extras]]
+        await asyncio.sleep(DRAIN)
         await self._status(app, number, "complete")
         log.info("release %s of %s serves on %s machine(s)", number, app.name, config.machines)
-        await asyncio.gather(*(self._retire(app, r) for r in [*unrouted, *extras]))
+        await asyncio.gather(*retiring)
 
     async def _rolling(
         self, app: App, release: Release, config: AppConfig, old: list[Running]
@@ -330,8 +333,8 @@ class Agent:
         machine_id = new_id("mch")
         workdir = self.machines_dir / machine_id
         await asyncio.to_thread(self._record, app, machine_id, release.number)
-        await asyncio.to_thread(self._prepare, workdir)
         try:
+            await asyncio.to_thread(self._prepare, workdir)
             artifact = (
                 self.settings.data_dir / "artifacts" / "sha256"
                 / f"{(release.artifact or '').removeprefix('sha256:')}.tar.gz"
