@@ -88,9 +88,13 @@ def test_a_deployed_app_is_served_over_https_with_its_secret(
     platform.aero("deploy", "-c", str(source / "aerodrome.toml"))
     served = poll_app(platform, "live-web.localhost", lambda body: "greeting" in body)
     assert json.loads(served) == {"greeting": "hello", "key_length": len("k3y-for-live-web")}
-    # A new secret value rolls the machine; the app sees it.
-    platform.aero("secrets", "set", "-a", "live-web", "API_KEY=-", stdin="a-longer-key-value-now")
-    served = poll_app(platform, "live-web.localhost", lambda body: '"key_length": 22' in body)
+    # A new secret value rolls the machine; `secrets set` returns once the app sees it.
+    result = platform.aero(
+        "secrets", "set", "-a", "live-web", "API_KEY=-", stdin="a-longer-key-value-now"
+    )
+    assert "restarts its machines one at a time" in result.stdout
+    assert "is serving on 1 machine(s)" in result.stdout
+    served = poll_app(platform, "live-web.localhost", lambda body: True)  # the first answer
     assert json.loads(served)["key_length"] == len("a-longer-key-value-now")
 
 

@@ -41,25 +41,32 @@ def _summary(release: dict[str, Any]) -> str:
     return f"release {release['number']}: {release['status']} ({machines})"
 
 
-def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: float) -> None:
-    """Poll the release until `complete` (exit 0) or `failed` (exit 1, with the failing
-    machine's last log lines, already scrubbed of secrets by the agent)."""
+def wait(api: Client, app: str, number: int, *, timeout: float, show: bool) -> dict[str, Any]:
+    """The release once `complete` or `failed`, polled (with a spinner of its machines' states
+    if `show`); AeroError `deploy_timeout` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    release: dict[str, Any] = {}
     with console.status("waiting for the agent", spinner="dots") as status:
+        if not show:
+            status.stop()
         while True:
-            release = api.get(f"/v1/apps/{app}/releases/{number}")
+            release: dict[str, Any] = api.get(f"/v1/apps/{app}/releases/{number}")
             if release["status"] in ("complete", "failed"):
-                break
+                return release
             if time.monotonic() > deadline:
                 raise AeroError(
                     f"release {number} of {app} is still {release['status']} after {timeout:.0f}s",
                     hint=f"see `aero machines list -a {app}` and `aero logs -a {app}`",
                     code="deploy_timeout",
                 )
-            if not json_mode:
+            if show:
                 status.update(escape(_summary(release)))
             time.sleep(POLL)
+
+
+def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: float) -> None:
+    """Wait for the release: `complete` exits 0 (with the app's URL), `failed` exits 1 with the
+    reason and the failing machine's last log lines (scrubbed of secrets when stored)."""
+    release = wait(api, app, number, timeout=timeout, show=not json_mode)
     lines = _last_lines(api, app, release) if release["status"] == "failed" else []
     url = app_url(api, app)
     if json_mode:

@@ -11,6 +11,7 @@ from dotenv import dotenv_values
 
 from aerodrome.cli.common import client
 from aerodrome.cli.output import JsonFlag, console, emit_json, err_console, table
+from aerodrome.cli.rollout import follow, wait
 from aerodrome.errors import InvalidInput
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 StageOpt = Annotated[
     bool, typer.Option("--stage", help="Store now; deploy later with `aero secrets deploy`.")
 ]
+WAIT = 300.0  # seconds a secrets change may take to restart the machines
 DetachOpt = Annotated[
     bool, typer.Option("--detach", help="Return without waiting for machines to restart.")
 ]
@@ -56,9 +58,12 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-def _report(data: dict[str, Any], json_mode: bool, app_name: str) -> None:
+def _report(data: dict[str, Any], json_mode: bool, app_name: str, detach: bool = True) -> None:
     if json_mode:
+        _rollout(data, app_name, detach)
         emit_json(data)
+        if (data.get("rollout") or {}).get("status") == "failed":
+            raise typer.Exit(1)
         return
     rows = [{**r, "result": "set" if r["changed"] else "unchanged"} for r in data["secrets"]]
     table(
@@ -66,12 +71,27 @@ def _report(data: dict[str, Any], json_mode: bool, app_name: str) -> None:
         [("name", "NAME"), ("version", "VERSION"), ("digest", "DIGEST"), ("result", "RESULT")],
         json_mode=False,
     )
-    _release_line(data, app_name)
+    _release_line(data, app_name, detach)
 
 
-def _release_line(data: dict[str, Any], app_name: str) -> None:
+def _rollout(data: dict[str, Any], app_name: str, detach: bool) -> None:
+    """A release with code to run restarts the app's machines one at a time with the new
+    values; unless `--detach`, wait for that (`data["rollout"]`: the release as it ended)."""
     release = data.get("release")
-    if release:
+    if detach or not release or release.get("status") != "pending":
+        return
+    data["rollout"] = wait(client(), app_name, release["number"], timeout=WAIT, show=False)
+
+
+def _release_line(data: dict[str, Any], app_name: str, detach: bool = True) -> None:
+    release = data.get("release")
+    if release and release.get("status") == "pending" and not detach:
+        console.print(
+            f"release {release['number']} of {app_name} restarts its machines one at a time",
+            highlight=False,
+        )
+        follow(client(), app_name, release["number"], json_mode=False, timeout=WAIT)
+    elif release:
         console.print(
             f"release {release['number']} of {app_name} carries these secrets; "
             "machines pick them up at their next start",
@@ -97,7 +117,7 @@ def set_(
 ) -> None:
     """Set secrets. Unchanged values keep their version and restart nothing."""
     body = {"values": parse_assignments(pairs), "stage": stage, "expect_version": expect_version}
-    _report(client().post(f"/v1/apps/{app_name}/secrets", json=body), json_mode, app_name)
+    _report(client().post(f"/v1/apps/{app_name}/secrets", json=body), json_mode, app_name, detach)
 
 
 @app.command("import")
@@ -116,7 +136,7 @@ def import_(
     if not parsed:
         raise InvalidInput("no NAME=VALUE lines on stdin")
     body = {"values": {k: v for k, v in parsed.items() if v is not None}, "stage": stage}
-    _report(client().post(f"/v1/apps/{app_name}/secrets", json=body), json_mode, app_name)
+    _report(client().post(f"/v1/apps/{app_name}/secrets", json=body), json_mode, app_name, detach)
 
 
 @app.command()
@@ -132,10 +152,11 @@ def unset(
         f"/v1/apps/{app_name}/secrets/unset", json={"names": names, "stage": stage}
     )
     if json_mode:
+        _rollout(data, app_name, detach)
         emit_json(data)
         return
     console.print(f"unset {', '.join(data['unset'])}", highlight=False)
-    _release_line(data, app_name)
+    _release_line(data, app_name, detach)
 
 
 @app.command("list")
@@ -162,6 +183,7 @@ def deploy(app_name: AppOpt, detach: DetachOpt = False, json_mode: JsonFlag = Fa
     """Release the staged secret changes."""
     data = client().post(f"/v1/apps/{app_name}/secrets/deploy")
     if json_mode:
+        _rollout(data, app_name, detach)
         emit_json(data)
     elif data["release"] is None:
         console.print("nothing staged: the latest release already carries every secret")
@@ -171,7 +193,7 @@ def deploy(app_name: AppOpt, detach: DetachOpt = False, json_mode: JsonFlag = Fa
                 f"  {name}: v{change['from'] or '-'} → v{change['to'] or '(unset)'}",
                 highlight=False,
             )
-        console.print(f"release {data['release']['number']} created", highlight=False)
+        _release_line(data, app_name, detach)
 
 
 @app.command()
