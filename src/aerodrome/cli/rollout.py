@@ -1,5 +1,5 @@
 """Follow a release until the agent has it serving, or it fails; shared by `aero deploy`,
-`aero releases rollback` and `aero deploy --rollback`."""
+rollbacks (`aero releases rollback`, `aero deploy --rollback`) and secrets changes."""
 
 from __future__ import annotations
 
