@@ -713,6 +713,8 @@ class Agent:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for running in list(self.machines.values()):
             await self._discard(running)
+        with contextlib.suppress(OSError):
+            self.machines_dir.rmdir()  # once empty: nothing of this platform's machines stays
         if self._client is not None:
             await self._client.aclose()
             self._client = None
