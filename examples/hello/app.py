@@ -368,7 +368,7 @@ def closing_reply(payload: bytes) -> bytes:
 async def main() -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", PORT, limit=MAX_HEAD)
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # the platform stops a machine with SIGTERM
+    for signum in (signal.SIGTERM, signal.SIGINT):  # kill_signal (default SIGINT), or SIGTERM
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     log(f"{APP} release {RELEASE} listening on 127.0.0.1:{PORT}")
     async with server:

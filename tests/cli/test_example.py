@@ -6,6 +6,8 @@ does not deploy it again."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -18,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets.sync.client as ws_client
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aerodrome import example
 from aerodrome.cli.up import deploy_example
 from aerodrome.config import Settings
-from tests.cli.conftest import free_port, read_env, start_platform, stop_platform
+from tests.cli.conftest import AERO, free_port, read_env, start_platform, stop_platform
 
 HOST = "hello.localhost"
 
@@ -158,9 +160,62 @@ def test_the_websocket_echo_works_over_wss_from_its_own_origin_only(first_start:
     assert refused.value.response.status_code == 403
 
 
+def test_a_redeploy_keeps_open_websockets_until_the_old_machine_says_going_away(
+    first_start: Started, tmp_path: Path
+) -> None:
+    """The drain: a new release takes new connections; an open WebSocket stays on the old
+    machine, still echoing, until its kill signal makes the app close it (1001), after which a
+    new connection reaches the new release."""
+    get_page(first_start)
+    port = first_start.https_port
+    trust = ssl.create_default_context(cafile=first_start.env["AERO_CA_BUNDLE"])
+    with ws_client.connect(
+        f"wss://{HOST}:{port}/ws",
+        sock=socket.create_connection(("127.0.0.1", port), timeout=10),
+        ssl=trust,
+        server_hostname=HOST,
+        origin=f"https://{HOST}:{port}",  # type: ignore[arg-type]
+    ) as ws:
+        _redeploy_while_open(first_start, ws, tmp_path)
+
+
+def _redeploy_while_open(
+    first_start: Started, ws: ws_client.ClientConnection, tmp_path: Path
+) -> None:
+    ws.send("before")
+    assert ws.recv(timeout=10) == "before"
+    source = tmp_path / "hello"
+    shutil.copytree(example.example_dir(), source)
+    config = source / "aerodrome.toml"
+    config.write_text(config.read_text() + '\n[env]\nEDITION = "second"\n')
+    deployed = subprocess.run(
+        [*AERO, "deploy", "-c", str(config), "--json"],
+        env={**os.environ, **first_start.env},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr
+    number = json.loads(deployed.stdout)["release"]["number"]
+    assert f"release <b>{number}</b>" in get_page(first_start, f"release <b>{number}</b>")
+    with pytest.raises(ConnectionClosed) as closed:  # the old machine is stopped meanwhile
+        while True:
+            ws.send("still here")
+            assert ws.recv(timeout=15) == "still here"
+            time.sleep(0.1)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
 def test_a_second_start_serves_it_again_without_deploying_it_again(
     first_start: Started,
 ) -> None:
+    def releases(env: dict[str, str]) -> list[int]:
+        listed = httpx.get(
+            f"http://127.0.0.1:{first_start.api_port}/v1/apps/hello/releases",
+            headers={"authorization": f"Bearer {env['AERO_API_TOKEN']}"},
+            timeout=10,
+        ).json()
+        return [r["number"] for r in listed]
+
+    before = releases(first_start.env)
     stop_platform(first_start.process)
     https_port = free_port()
     process = start_platform(
@@ -175,16 +230,11 @@ def test_a_second_start_serves_it_again_without_deploying_it_again(
         assert "aerodrome is up" in banner
         assert not [line for line in banner.splitlines() if line.startswith("  example")]
         env = read_env(first_start.data_dir / "aero.env")
-        releases = httpx.get(
-            f"http://127.0.0.1:{first_start.api_port}/v1/apps/hello/releases",
-            headers={"authorization": f"Bearer {env['AERO_API_TOKEN']}"},
-            timeout=10,
-        ).json()
-        assert [r["number"] for r in releases] == [1]
-        # The machines of the previous run are gone; the agent runs release 1 afresh and the
-        # edge routes only to the new machine (no stale upstream answering 502).
+        assert releases(env) == before  # no new release
+        # The machines of the previous run are gone; the agent runs the latest release afresh
+        # and the edge routes only to the new machine (no stale upstream answering 502).
         again = Started(first_start.data_dir, first_start.api_port, https_port, env, "", process)
-        assert "release <b>1</b>" in get_page(again)
+        assert f"release <b>{before[0]}</b>" in get_page(again)
         upstreams = httpx.get(
             f"http://127.0.0.1:{first_start.api_port}/v1/apps/hello/upstreams",
             headers={"authorization": f"Bearer {env['AERO_API_TOKEN']}"},
