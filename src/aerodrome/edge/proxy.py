@@ -60,6 +60,10 @@ MAX_QUEUED = 8
 HIGH_WATER = 256 * 1024
 
 
+# What a closed connection's `parser` becomes: it references no protocol.
+_CLOSED_PARSER = httptools.HttpRequestParser(object())
+
+
 def status_line(status: int) -> bytes:
     return STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
 
@@ -184,8 +188,13 @@ class EdgeProtocol(asyncio.Protocol):
         self.closing = True
         self.worker.metrics.open_connections -= 1
         self.deadline_kind = None
+        # The parser and the timer hold bound methods of this protocol: let go of both, so a
+        # closed connection (and the TLS objects it references) is freed by reference
+        # counting, not left for the cycle collector.
+        self.parser = _CLOSED_PARSER
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
         if self.tunnel is not None:
             self.worker.metrics.websockets_open -= 1
             tunnel, self.tunnel = self.tunnel, None
