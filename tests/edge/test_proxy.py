@@ -178,6 +178,45 @@ def test_keep_alive_serves_many_requests_on_one_connection(edge: EdgeHarness) ->
     assert len(ids) == 20
 
 
+def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_waiting(
+    edge: EdgeHarness,
+) -> None:
+    """After `Connection: close` the edge sends close_notify and closes the socket itself,
+    without waiting for the client's close_notify (this client never sends one; were the
+    edge waiting, the 5 s socket timeout would fail the test). The client still gets the
+    whole response and a clean TLS close."""
+    name = host(edge, "web")
+    ctx = edge.ca.client_context(edge.snapshot["tmp"])
+    raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            data = raw.recv(65536)
+            assert data, "the edge closed during the handshake"
+            incoming.write(data)
+    tls.write(b"GET /last HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % name.encode())
+    raw.sendall(outgoing.read())
+    stream = b""
+    while chunk := raw.recv(65536):  # to the end of the TCP stream
+        stream += chunk
+    raw.close()
+    incoming.write(stream)
+    incoming.write_eof()
+    response = b""
+    # Reading ends cleanly only at the edge's close_notify; a stream cut without one would
+    # raise SSLEOFError here.
+    while chunk := tls.read(65536):
+        response += chunk
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head
+    assert seen_by_app(body)["path"] == "/last"
+
+
 # -- CORS ---------------------------------------------------------------------------------------
 
 

@@ -744,7 +744,7 @@ class EdgeProtocol(asyncio.Protocol):
         if not ex.keep_alive or self.closing or (self.client_eof and not self.queue):
             self.closing = True
             if self.transport is not None:
-                self.transport.close()
+                self._close_after(ex, self.transport)
             return
         if self.queue:
             self._next()
@@ -752,6 +752,29 @@ class EdgeProtocol(asyncio.Protocol):
             self._deadline(self.config.idle_timeout, "idle")
         else:  # the next request is arriving: its headers have the usual time
             self._deadline(self.config.header_timeout, "header")
+
+    def _close_after(self, ex: Exchange, transport: asyncio.Transport) -> None:
+        """Close the connection after the response to `ex`, its last.
+
+        uvloop's TLS transport sends close_notify and then holds the socket open until the
+        client's close_notify arrives (or 30 s pass): one more wake-up and read per
+        connection, and a socket kept for nothing. Like nginx, the edge does not wait when
+        nothing more can be coming: the request was read to the end and no other one is in
+        flight. Once the TLS layer has handed everything (close_notify included) to the
+        socket, telling it the peer is done makes it close the socket, which still sends all
+        it holds first. Anything else, or another event loop, closes the usual way.
+        """
+        transport.close()
+        if (
+            self.tls
+            and ex.body_done
+            and self.current is None
+            and not self.queue
+            and transport.get_write_buffer_size() == 0
+        ):
+            ssl_protocol = transport.get_extra_info("uvloop.sslproto")
+            if ssl_protocol is not None:
+                ssl_protocol.eof_received()
 
     def _log(self, ex: Exchange, websocket: bool = False) -> None:
         route = ex.route
