@@ -286,6 +286,12 @@ class EdgeProtocol(asyncio.Protocol):
         kind = SPECIAL_HEADERS.get(lower)
         if kind is None:
             ex.head.append(b"%b: %b\r\n" % (lower, value))
+        elif kind == _HOST and not ex.host:  # the usual ones inline, the rest in a call
+            ex.host = value
+            ex.head.append(b"%b: %b\r\n" % (lower, value))
+        elif kind == _ORIGIN:
+            ex.origin = value
+            ex.head.append(b"%b: %b\r\n" % (lower, value))
         else:
             self._special_header(ex, kind, lower, value)
         ex.header_size += len(name) + len(value) + 4
@@ -541,7 +547,7 @@ class EdgeProtocol(asyncio.Protocol):
             return  # interim responses (100 Continue) are not relayed
         ex.status = status
         ex.response_started = True
-        parts = [status_line(status), *head]
+        parts = [STATUS_LINES.get(status) or status_line(status), *head]
         if status == 101:
             parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
         elif ex.keep_alive and (
