@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from aerodrome.edge.upstream import HOP_BY_HOP, Address, UpstreamConnection
+from aerodrome.edge.upstream import HOP_BY_HOP, Address, Splice, UpstreamConnection
 
 if TYPE_CHECKING:
     from aerodrome.edge.routes import Route, RouteTable
@@ -644,10 +644,21 @@ class EdgeProtocol(asyncio.Protocol):
             self.tunnel_pending = b""
         route = ex.route
         idle = route.service.websocket_idle_timeout if route is not None else 0.0
-        if idle:
+        if idle:  # every read must note the time: the tunnel stays in Python
             self.ws_idle = idle
             self.last_activity = self.loop.time()
             self._deadline(idle, "websocket")
+        else:
+            self._splice(conn)
+
+    def _splice(self, conn: UpstreamConnection) -> None:
+        """Join the two transports: each one's reads are written to the other by uvloop
+        itself (see `Splice`), so relaying a message runs no Python at all."""
+        client, upstream = self.transport, conn.transport
+        if client is None or upstream is None or client.is_closing() or conn.closed:
+            return
+        client.set_protocol(Splice(upstream.write, self))
+        upstream.set_protocol(Splice(client.write, conn))
 
     def tunnel_write(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
