@@ -263,7 +263,8 @@ class EdgeProtocol(asyncio.Protocol):
                 and self.header_bytes > self.config.max_header_bytes
             ):
                 self._refuse(431, "request headers are too large")
-        self.flush()
+        if self.out:  # usually empty: the request went upstream
+            self.flush()
 
     # -- parser callbacks ---------------------------------------------------------------------
 

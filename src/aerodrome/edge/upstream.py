@@ -93,7 +93,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-            client.flush()  # everything this read produced goes out as one write
+            if client.out:  # everything this read produced goes out as one write
+                client.flush()
         except httptools.HttpParserUpgrade as upgrade:
             client.upstream_upgraded(self, data[upgrade.args[0] :])
         except httptools.HttpParserError:
