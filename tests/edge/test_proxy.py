@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import websockets.sync.client as ws_client
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aerodrome.platform.http_service import Cors, HttpService
 from tests.edge.support import EdgeHarness, start_edge
@@ -360,8 +360,8 @@ def test_abrupt_disconnect_mid_body_leaves_the_worker_serving(edge: EdgeHarness)
 # -- WebSockets ---------------------------------------------------------------------------------
 
 
-def ws_connect(edge: EdgeHarness, origin: str | None) -> Any:
-    name = host(edge, "ws")
+def ws_connect(edge: EdgeHarness, origin: str | None, app: str = "ws") -> Any:
+    name = host(edge, app)
     raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
     return ws_client.connect(
         f"wss://{name}:{edge.config.https_port}/socket",
@@ -429,6 +429,23 @@ def test_route_change_keeps_open_websockets(edge: EdgeHarness) -> None:
         edge.set_routes(routes)  # a new revision, new table object
         ws.send("still here")
         assert ws.recv() == "still here"
+
+
+def test_an_idle_websocket_is_closed_after_the_apps_idle_timeout(edge: EdgeHarness) -> None:
+    """With `websocket_idle_timeout`, the tunnel relays through Python (to note each read's
+    time) instead of being spliced: it still echoes, and closes once idle that long."""
+    routes = dict(edge.worker.table.routes)
+    routes[host(edge, "wsidle")] = edge.route(
+        "wsidle", HttpService(websocket_idle_timeout=1.5), upstreams=(edge.ws_upstream,)
+    )
+    edge.set_routes(routes)
+    own = f"https://{host(edge, 'wsidle')}:{edge.config.https_port}"
+    with ws_connect(edge, own, app="wsidle") as ws:
+        assert json.loads(ws.recv())["path"] == "/socket"
+        ws.send("kept alive")
+        assert ws.recv() == "kept alive"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=20)  # the edge closes it after 1.5 s of silence
 
 
 def test_access_log_has_no_query_strings_or_credentials(edge: EdgeHarness) -> None:
