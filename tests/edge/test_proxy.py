@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import websockets.sync.client as ws_client
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aerodrome.platform.http_service import Cors, HttpService
 from tests.edge.support import EdgeHarness, start_edge
@@ -178,6 +178,45 @@ def test_keep_alive_serves_many_requests_on_one_connection(edge: EdgeHarness) ->
     assert len(ids) == 20
 
 
+def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_waiting(
+    edge: EdgeHarness,
+) -> None:
+    """After `Connection: close` the edge sends close_notify and closes the socket itself,
+    without waiting for the client's close_notify (this client never sends one; were the
+    edge waiting, the 5 s socket timeout would fail the test). The client still gets the
+    whole response and a clean TLS close."""
+    name = host(edge, "web")
+    ctx = edge.ca.client_context(edge.snapshot["tmp"])
+    raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            data = raw.recv(65536)
+            assert data, "the edge closed during the handshake"
+            incoming.write(data)
+    tls.write(b"GET /last HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % name.encode())
+    raw.sendall(outgoing.read())
+    stream = b""
+    while chunk := raw.recv(65536):  # to the end of the TCP stream
+        stream += chunk
+    raw.close()
+    incoming.write(stream)
+    incoming.write_eof()
+    response = b""
+    # Reading ends cleanly only at the edge's close_notify; a stream cut without one would
+    # raise SSLEOFError here.
+    while chunk := tls.read(65536):
+        response += chunk
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head
+    assert seen_by_app(body)["path"] == "/last"
+
+
 # -- CORS ---------------------------------------------------------------------------------------
 
 
@@ -321,8 +360,8 @@ def test_abrupt_disconnect_mid_body_leaves_the_worker_serving(edge: EdgeHarness)
 # -- WebSockets ---------------------------------------------------------------------------------
 
 
-def ws_connect(edge: EdgeHarness, origin: str | None) -> Any:
-    name = host(edge, "ws")
+def ws_connect(edge: EdgeHarness, origin: str | None, app: str = "ws") -> Any:
+    name = host(edge, app)
     raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
     return ws_client.connect(
         f"wss://{name}:{edge.config.https_port}/socket",
@@ -390,6 +429,23 @@ def test_route_change_keeps_open_websockets(edge: EdgeHarness) -> None:
         edge.set_routes(routes)  # a new revision, new table object
         ws.send("still here")
         assert ws.recv() == "still here"
+
+
+def test_an_idle_websocket_is_closed_after_the_apps_idle_timeout(edge: EdgeHarness) -> None:
+    """With `websocket_idle_timeout`, the tunnel relays through Python (to note each read's
+    time) instead of being spliced: it still echoes, and closes once idle that long."""
+    routes = dict(edge.worker.table.routes)
+    routes[host(edge, "wsidle")] = edge.route(
+        "wsidle", HttpService(websocket_idle_timeout=1.5), upstreams=(edge.ws_upstream,)
+    )
+    edge.set_routes(routes)
+    own = f"https://{host(edge, 'wsidle')}:{edge.config.https_port}"
+    with ws_connect(edge, own, app="wsidle") as ws:
+        assert json.loads(ws.recv())["path"] == "/socket"
+        ws.send("kept alive")
+        assert ws.recv() == "kept alive"
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=20)  # the edge closes it after 1.5 s of silence
 
 
 def test_access_log_has_no_query_strings_or_credentials(edge: EdgeHarness) -> None:

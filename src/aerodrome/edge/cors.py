@@ -16,10 +16,12 @@ class CorsPolicy:
     __slots__ = (
         "_allow_all",
         "_allowed",
+        "_blocks",
         "_credentials",
         "_methods",
         "_preflight_base",
         "_request_headers",
+        "_star",
     )
 
     def __init__(self, cors: Cors, own_origins: tuple[str, ...]) -> None:
@@ -35,6 +37,12 @@ class CorsPolicy:
         if cors.credentials:
             base.append((b"access-control-allow-credentials", b"true"))
         self._preflight_base = base
+        # `response_block` per listed origin, rendered once. Only origins from the policy are
+        # kept (a fixed set), never ones a client made up, so this cannot grow.
+        self._blocks: dict[bytes, bytes] = {}
+        # Any origin without credentials: every response carries the same line.
+        star = self._allow_all and not cors.credentials
+        self._star = b"access-control-allow-origin: *\r\n" if star else b""
 
     def origin_allowed(self, origin: bytes) -> bool:
         return self._allow_all or origin.lower() in self._allowed
@@ -56,6 +64,17 @@ class CorsPolicy:
         if self._credentials:
             out.append((b"access-control-allow-credentials", b"true"))
         return out
+
+    def response_block(self, origin: bytes) -> bytes:
+        """`response_headers(origin)` as header lines for a response head."""
+        if self._star:
+            return self._star
+        block = self._blocks.get(origin)
+        if block is None:
+            block = b"".join(b"%b: %b\r\n" % pair for pair in self.response_headers(origin))
+            if origin in self._allowed:
+                self._blocks[origin] = block
+        return block
 
     def preflight(
         self, origin: bytes, method: bytes | None, request_headers: bytes | None

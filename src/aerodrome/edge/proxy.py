@@ -17,27 +17,14 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from aerodrome.edge.upstream import Address, UpstreamConnection
+from aerodrome.edge.upstream import HOP_BY_HOP, Address, Splice, UpstreamConnection
 
 if TYPE_CHECKING:
-    from aerodrome.edge.routes import Route
+    from aerodrome.edge.routes import Route, RouteTable
     from aerodrome.edge.worker import Worker
 
 Headers = list[tuple[bytes, bytes]]
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 # Headers the edge sets itself; copies from an untrusted client are dropped.
 FORWARDED = frozenset(
     {
@@ -52,10 +39,29 @@ FORWARDED = frozenset(
         b"aero-request-id",
     }
 )
+# Request headers that need more than relaying, by kind; any other header is relayed as is
+# after one dict look-up.
+_HOST, _ORIGIN, _TRANSFER_ENCODING, _CONTENT_LENGTH, _UPGRADE, _HOP, _FORWARDED = range(7)
+_AC_REQUEST_METHOD, _AC_REQUEST_HEADERS = 7, 8
+SPECIAL_HEADERS: dict[bytes, int] = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    **dict.fromkeys(FORWARDED, _FORWARDED),
+    b"host": _HOST,
+    b"origin": _ORIGIN,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"content-length": _CONTENT_LENGTH,
+    b"upgrade": _UPGRADE,
+    b"access-control-request-method": _AC_REQUEST_METHOD,
+    b"access-control-request-headers": _AC_REQUEST_HEADERS,
+}
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 MAX_QUEUED = 8
 HIGH_WATER = 256 * 1024
+
+
+# What a closed connection's `parser` becomes: it references no protocol.
+_CLOSED_PARSER = httptools.HttpRequestParser(object())
 
 
 def status_line(status: int) -> bytes:
@@ -66,14 +72,17 @@ class Exchange:
     """One request and its response on a client connection."""
 
     __slots__ = (
+        "ac_request_headers",
+        "ac_request_method",
         "body_done",
         "body_size",
         "chunked_in",
         "chunks",
         "content_length",
         "error",
+        "forwarded_for",
+        "head",
         "header_size",
-        "headers",
         "host",
         "keep_alive",
         "method",
@@ -92,14 +101,19 @@ class Exchange:
         "websocket",
     )
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: bytes) -> None:
         self.request_id = request_id
         self.url = b""
-        self.headers: Headers = []
+        # The request's header lines as they will be relayed upstream (hop-by-hop and
+        # untrusted forwarding headers left out), rendered as they are parsed.
+        self.head: list[bytes] = []
         self.header_size = 0
         self.method = b""
         self.host = b""
         self.origin: bytes | None = None
+        self.ac_request_method: bytes | None = None
+        self.ac_request_headers: bytes | None = None
+        self.forwarded_for = b""  # a trusted proxy's X-Forwarded-For, with ", "
         self.keep_alive = True
         self.upgrade = False
         self.websocket = False
@@ -148,6 +162,11 @@ class EdgeProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.ws_idle: float = 0.0
         self.last_activity = 0.0
+        # Keep-alive clients send the same Host each time: (table, Host, hostname, route) of
+        # the last look-up, valid while the worker's table is the same object.
+        self.host_cache: tuple[RouteTable, bytes, str, Route | None] | None = None
+        # The constant parts of the forwarding headers for this client (see `_request_head`).
+        self.forwarded: tuple[bytes, bytes] | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -169,8 +188,13 @@ class EdgeProtocol(asyncio.Protocol):
         self.closing = True
         self.worker.metrics.open_connections -= 1
         self.deadline_kind = None
+        # The parser and the timer hold bound methods of this protocol: let go of both, so a
+        # closed connection (and the TLS objects it references) is freed by reference
+        # counting, not left for the cycle collector.
+        self.parser = _CLOSED_PARSER
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
         if self.tunnel is not None:
             self.worker.metrics.websockets_open -= 1
             tunnel, self.tunnel = self.tunnel, None
@@ -239,7 +263,8 @@ class EdgeProtocol(asyncio.Protocol):
                 and self.header_bytes > self.config.max_header_bytes
             ):
                 self._refuse(431, "request headers are too large")
-        self.flush()
+        if self.out:  # usually empty: the request went upstream
+            self.flush()
 
     # -- parser callbacks ---------------------------------------------------------------------
 
@@ -259,22 +284,54 @@ class EdgeProtocol(asyncio.Protocol):
         ex = self.current
         assert ex is not None
         lower = name.lower()
-        if lower == b"host":
-            if ex.host:
-                ex.error = (400, "more than one Host header")
+        kind = SPECIAL_HEADERS.get(lower)
+        if kind is None:
+            ex.head.append(b"%b: %b\r\n" % (lower, value))
+        elif kind == _HOST and not ex.host:  # the usual ones inline, the rest in a call
             ex.host = value
-        elif lower == b"origin":
+            ex.head.append(b"%b: %b\r\n" % (lower, value))
+        elif kind == _ORIGIN:
             ex.origin = value
-        elif lower == b"transfer-encoding":
-            if value.strip().lower() != b"chunked":
-                ex.error = (501, "only the chunked transfer coding is supported")
-            ex.chunked_in = True
-        elif lower == b"content-length":
-            ex.content_length = int(value)
-        ex.headers.append((lower, value))
+            ex.head.append(b"%b: %b\r\n" % (lower, value))
+        else:
+            self._special_header(ex, kind, lower, value)
         ex.header_size += len(name) + len(value) + 4
         if ex.header_size > self.config.max_header_bytes:
             ex.error = (431, "request headers are too large")
+
+    def _special_header(self, ex: Exchange, kind: int, name: bytes, value: bytes) -> None:
+        if kind == _HOST:
+            if ex.host:
+                ex.error = (400, "more than one Host header")
+            ex.host = value
+        elif kind == _ORIGIN:
+            ex.origin = value
+        elif kind == _TRANSFER_ENCODING:  # hop-by-hop: re-framed, never relayed
+            if value.strip().lower() != b"chunked":
+                ex.error = (501, "only the chunked transfer coding is supported")
+            ex.chunked_in = True
+            return
+        elif kind == _CONTENT_LENGTH:
+            ex.content_length = int(value)
+        elif kind == _UPGRADE:  # hop-by-hop; the edge sets its own for a WebSocket
+            if value.strip().lower() == b"websocket":
+                ex.websocket = True
+            return
+        elif kind == _HOP:
+            return
+        elif kind == _FORWARDED:
+            # The edge sets these itself. A trusted proxy's X-Forwarded-For is extended and
+            # its other forwarding headers are relayed; nobody else's are.
+            if not self.trusted_peer:
+                return
+            if name == b"x-forwarded-for":
+                ex.forwarded_for = value + b", "
+                return
+        elif kind == _AC_REQUEST_METHOD and ex.ac_request_method is None:
+            ex.ac_request_method = value  # the first one counts
+        elif kind == _AC_REQUEST_HEADERS and ex.ac_request_headers is None:
+            ex.ac_request_headers = value
+        ex.head.append(b"%b: %b\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         ex = self.current
@@ -285,12 +342,10 @@ class EdgeProtocol(asyncio.Protocol):
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
         ex.upgrade = parser.should_upgrade()
-        if ex.upgrade:
-            ex.websocket = any(
-                n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in ex.headers
-            )
-            if not ex.websocket:
-                ex.error = (400, "only WebSocket upgrades are supported")
+        if not ex.upgrade:
+            ex.websocket = False  # an Upgrade header alone asks for nothing
+        elif not ex.websocket:
+            ex.error = (400, "only WebSocket upgrades are supported")
         if not ex.host and ex.error is None:
             ex.error = (400, "the Host header is missing")
         if ex.content_length is not None and ex.content_length > self.config.max_body_bytes:
@@ -342,8 +397,14 @@ class EdgeProtocol(asyncio.Protocol):
         if ex.error is not None:
             self._send_error(ex, ex.error[0], ex.error[1], close=True)
             return
-        hostname = ex.host.split(b":", 1)[0].lower().decode("latin-1")
-        route = self.worker.table.routes.get(hostname)
+        table = self.worker.table
+        cache = self.host_cache
+        if cache is not None and cache[0] is table and cache[1] == ex.host:
+            hostname, route = cache[2], cache[3]
+        else:
+            hostname = ex.host.split(b":", 1)[0].lower().decode("latin-1")
+            route = table.routes.get(hostname)
+            self.host_cache = (table, ex.host, hostname, route)
         if not self.tls and ex.url.startswith(ACME_PREFIX):
             self._acme_http01(ex)
             return
@@ -361,11 +422,9 @@ class EdgeProtocol(asyncio.Protocol):
             self._redirect(ex, route.https_location + ex.url)
             return
         if ex.origin is not None and ex.method == b"OPTIONS":
-            method = self._header(ex, b"access-control-request-method")
+            method = ex.ac_request_method
             if method is not None:
-                status, headers = route.cors.preflight(
-                    ex.origin, method, self._header(ex, b"access-control-request-headers")
-                )
+                status, headers = route.cors.preflight(ex.origin, method, ex.ac_request_headers)
                 self._send_simple(ex, status, headers, b"")
                 return
         if ex.websocket and not route.cors.websocket_origin_allowed(ex.origin):
@@ -378,7 +437,8 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _proxy(self, ex: Exchange, route: Route) -> None:
         pool = self.worker.pool
-        address = pool.pick(route.upstreams)
+        upstreams = route.upstreams
+        address = upstreams[0] if len(upstreams) == 1 else pool.pick(upstreams)
         hard = route.service.hard_limit
         if hard and pool.outstanding[address] >= hard:
             self.loop.create_task(self._queue_for_slot(ex, route))
@@ -436,46 +496,50 @@ class EdgeProtocol(asyncio.Protocol):
         self._deadline(self.config.upstream_timeout, "upstream")
 
     def _request_head(self, ex: Exchange) -> bytes:
-        parts = [ex.method, b" ", ex.url, b" HTTP/1.1\r\n"]
-        forwarded_for = b""
-        for name, value in ex.headers:
-            if name in HOP_BY_HOP:
-                continue
-            if name in FORWARDED:
-                if self.trusted_peer and name == b"x-forwarded-for":
-                    forwarded_for = value + b", "
-                if not self.trusted_peer or name == b"x-forwarded-for":
-                    continue
-            parts += [name, b": ", value, b"\r\n"]
-        if ex.chunked_in:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        if ex.websocket:
-            parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
+        forwarded = self.forwarded
+        if forwarded is None:
+            forwarded = self.forwarded = self._forwarded_parts()
+        return b"".join(
+            [
+                ex.method,
+                b" ",
+                ex.url,
+                b" HTTP/1.1\r\n",
+                *ex.head,
+                b"transfer-encoding: chunked\r\n" if ex.chunked_in else b"",
+                b"connection: upgrade\r\nupgrade: websocket\r\n" if ex.websocket else b"",
+                b"x-forwarded-for: ",
+                ex.forwarded_for,
+                forwarded[0],
+                ex.host.split(b":", 1)[0],
+                forwarded[1],
+                ex.request_id,
+                b"\r\n\r\n",
+            ]
+        )
+
+    def _forwarded_parts(self) -> tuple[bytes, bytes]:
+        """What the forwarding headers say about this connection, rendered once: the parts
+        around X-Forwarded-Host and Aero-Request-Id, which change per request."""
         ip = self.client_ip.encode()
-        hostname = ex.host.split(b":", 1)[0]
-        parts += [
-            b"x-forwarded-for: ",
-            forwarded_for,
-            ip,
-            b"\r\nx-forwarded-proto: ",
-            b"https" if self.tls else b"http",
-            b"\r\nx-forwarded-host: ",
-            hostname,
-            b"\r\nx-forwarded-port: ",
-            str(self.port).encode(),
-            b"\r\naero-client-ip: ",
-            ip,
-            b"\r\naero-region: ",
-            self.worker.region,
-            b"\r\naero-request-id: ",
-            ex.request_id.encode(),
-            b"\r\n\r\n",
-        ]
-        return b"".join(parts)
+        proto = b"https" if self.tls else b"http"
+        return (
+            b"%b\r\nx-forwarded-proto: %b\r\nx-forwarded-host: " % (ip, proto),
+            b"\r\nx-forwarded-port: %d\r\naero-client-ip: %b\r\naero-region: %b\r\n"
+            b"aero-request-id: " % (self.port, ip, self.worker.region),
+        )
 
     # -- upstream callbacks -------------------------------------------------------------------
 
-    def response_head(self, conn: UpstreamConnection, status: int, headers: Headers) -> None:
+    def response_head(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        head: list[bytes],
+        chunked: bool,
+        has_length: bool,
+    ) -> None:
+        """The upstream's response head, its header lines already rendered (`head`)."""
         ex = self.active
         if ex is None or ex.upstream is not conn:
             return
@@ -484,44 +548,35 @@ class EdgeProtocol(asyncio.Protocol):
             return  # interim responses (100 Continue) are not relayed
         ex.status = status
         ex.response_started = True
-        parts = [status_line(status)]
-        keep = ex.keep_alive
-        has_length = False
-        for name, value in headers:
-            if name in HOP_BY_HOP:
-                continue
-            if name == b"content-length":
-                has_length = True
-            parts += [name, b": ", value, b"\r\n"]
-        bodyless = status in (204, 304) or ex.method == b"HEAD" or status < 200
+        parts = [STATUS_LINES.get(status) or status_line(status), *head]
         if status == 101:
             parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
-        elif (conn.chunked or (not has_length and not bodyless)) and ex.keep_alive:
+        elif ex.keep_alive and (
+            chunked
+            or not (has_length or status in (204, 304) or ex.method == b"HEAD" or status < 200)
+        ):
             ex.out_chunked = True
             parts.append(b"transfer-encoding: chunked\r\n")
             # else: close-delimited body for an HTTP/1.0 client
-        if not keep and status != 101:
+        if not ex.keep_alive and status != 101:
             parts.append(b"connection: close\r\n")
         self._our_headers(ex, parts)
         parts.append(b"\r\n")
-        self._write(b"".join(parts))
+        self.out.append(b"".join(parts))
 
     def response_body(self, body: bytes) -> None:
         ex = self.active
         if ex is None:
             return
         ex.out_bytes += len(body)
-        if ex.out_chunked:
-            self._write(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            self._write(body)
+        self.out.append(b"%x\r\n%b\r\n" % (len(body), body) if ex.out_chunked else body)
 
     def response_complete(self, conn: UpstreamConnection) -> None:
         ex = self.active
         if ex is None or ex.upstream is not conn:
             return
         if ex.out_chunked:
-            self._write(b"0\r\n\r\n")
+            self.out.append(b"0\r\n\r\n")
         ex.upstream = None
         self.worker.pool.outstanding[conn.address] -= 1
         if not ex.body_done:
@@ -590,10 +645,21 @@ class EdgeProtocol(asyncio.Protocol):
             self.tunnel_pending = b""
         route = ex.route
         idle = route.service.websocket_idle_timeout if route is not None else 0.0
-        if idle:
+        if idle:  # every read must note the time: the tunnel stays in Python
             self.ws_idle = idle
             self.last_activity = self.loop.time()
             self._deadline(idle, "websocket")
+        else:
+            self._splice(conn)
+
+    def _splice(self, conn: UpstreamConnection) -> None:
+        """Join the two transports: each one's reads are written to the other by uvloop
+        itself (see `Splice`), so relaying a message runs no Python at all."""
+        client, upstream = self.transport, conn.transport
+        if client is None or upstream is None or client.is_closing() or conn.closed:
+            return
+        client.set_protocol(Splice(upstream.write, self))
+        upstream.set_protocol(Splice(client.write, conn))
 
     def tunnel_write(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -607,15 +673,14 @@ class EdgeProtocol(asyncio.Protocol):
     # -- edge-made responses ------------------------------------------------------------------
 
     def _our_headers(self, ex: Exchange, parts: list[bytes]) -> None:
-        parts += [b"aero-request-id: ", ex.request_id.encode(), b"\r\n"]
+        parts += [b"aero-request-id: ", ex.request_id, b"\r\n"]
         route = ex.route
         if route is None:
             return
-        if self.tls and route.hsts is not None:
-            parts += [b"strict-transport-security: ", route.hsts, b"\r\n"]
+        if self.tls:
+            parts.append(route.hsts_line)
         if ex.origin is not None:
-            for name, value in route.cors.response_headers(ex.origin):
-                parts += [name, b": ", value, b"\r\n"]
+            parts.append(route.cors.response_block(ex.origin))
 
     def _send_simple(
         self,
@@ -657,7 +722,7 @@ class EdgeProtocol(asyncio.Protocol):
         body = b'{"error": {"code": "%s", "message": "%s", "request_id": "%s"}}' % (
             code.encode(),
             message.replace('"', "'").encode(),
-            ex.request_id.encode(),
+            ex.request_id,
         )
         headers = [(b"retry-after", b"1")] if retry_after else []
         self.worker.metrics.edge_errors += 1
@@ -697,7 +762,7 @@ class EdgeProtocol(asyncio.Protocol):
         if not ex.keep_alive or self.closing or (self.client_eof and not self.queue):
             self.closing = True
             if self.transport is not None:
-                self.transport.close()
+                self._close_after(ex, self.transport)
             return
         if self.queue:
             self._next()
@@ -705,6 +770,29 @@ class EdgeProtocol(asyncio.Protocol):
             self._deadline(self.config.idle_timeout, "idle")
         else:  # the next request is arriving: its headers have the usual time
             self._deadline(self.config.header_timeout, "header")
+
+    def _close_after(self, ex: Exchange, transport: asyncio.Transport) -> None:
+        """Close the connection after the response to `ex`, its last.
+
+        uvloop's TLS transport sends close_notify and then holds the socket open until the
+        client's close_notify arrives (or 30 s pass): one more wake-up and read per
+        connection, and a socket kept for nothing. Like nginx, the edge does not wait when
+        nothing more can be coming: the request was read to the end and no other one is in
+        flight. Once the TLS layer has handed everything (close_notify included) to the
+        socket, telling it the peer is done makes it close the socket, which still sends all
+        it holds first. Anything else, or another event loop, closes the usual way.
+        """
+        transport.close()
+        if (
+            self.tls
+            and ex.body_done
+            and self.current is None
+            and not self.queue
+            and transport.get_write_buffer_size() == 0
+        ):
+            ssl_protocol = transport.get_extra_info("uvloop.sslproto")
+            if ssl_protocol is not None:
+                ssl_protocol.eof_received()
 
     def _log(self, ex: Exchange, websocket: bool = False) -> None:
         route = ex.route
@@ -722,13 +810,6 @@ class EdgeProtocol(asyncio.Protocol):
         out.clear()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-    @staticmethod
-    def _header(ex: Exchange, name: bytes) -> bytes | None:
-        for key, value in ex.headers:
-            if key == name:
-                return value
-        return None
 
     def _deadline(self, seconds: float, kind: str) -> None:
         """Move the connection's deadline. The one timer never sleeps longer than the header

@@ -50,6 +50,9 @@ class Route:
     cors: CorsPolicy
     hsts: bytes | None
     https_location: bytes  # b"https://host[:port]", the prefix of redirects
+    # The whole `strict-transport-security` line, ready to append to a response head over
+    # TLS (empty when HSTS is off): compiled once per revision, not per response.
+    hsts_line: bytes = b""
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +86,7 @@ def _route(
         cors=CorsPolicy(service.cors, (own,)),
         hsts=hsts,
         https_location=own.encode(),
+        hsts_line=b"strict-transport-security: %b\r\n" % hsts if hsts else b"",
     )
 
 

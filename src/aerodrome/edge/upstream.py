@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -21,6 +22,19 @@ if TYPE_CHECKING:
 Address = tuple[str, int]
 MAX_IDLE_PER_ADDRESS = 256
 HIGH_WATER = 256 * 1024
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -29,8 +43,9 @@ class UpstreamConnection(asyncio.Protocol):
         "chunked",
         "client",
         "closed",
+        "has_length",
+        "head",
         "head_request",
-        "headers",
         "keep_alive",
         "parser",
         "pool",
@@ -47,7 +62,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.client: EdgeProtocol | None = None
         self.tunnel: EdgeProtocol | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The response's header lines as they will be relayed (hop-by-hop ones left out),
+        # rendered while parsing so the client side only joins them.
+        self.head: list[bytes] = []
+        self.has_length = False
         self.closed = False
         self.reused = False
         self.head_request = False
@@ -75,7 +93,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-            client.flush()  # everything this read produced goes out as one write
+            if client.out:  # everything this read produced goes out as one write
+                client.flush()
         except httptools.HttpParserUpgrade as upgrade:
             client.upstream_upgraded(self, data[upgrade.args[0] :])
         except httptools.HttpParserError:
@@ -86,6 +105,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        # The parser holds this protocol's bound methods: drop it so the pair is freed by
+        # reference counting instead of waiting for the cycle collector.
+        self.parser = _CLOSED
         if self.tunnel is not None:
             self.tunnel.tunnel_closed()
         elif self.client is not None:
@@ -103,26 +125,31 @@ class UpstreamConnection(asyncio.Protocol):
             peer.resume_reading_for_peer()
 
     # -- httptools callbacks ------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.chunked = False
+    # No on_message_begin: the per-response state is reset in on_headers_complete, which
+    # saves a callback per response.
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
-        if lower == b"transfer-encoding":
-            self.chunked = b"chunked" in value.lower()
-        self.headers.append((lower, value))
+        if lower in HOP_BY_HOP:
+            if lower == b"transfer-encoding":
+                self.chunked = b"chunked" in value.lower()
+            return
+        if lower == b"content-length":
+            self.has_length = True
+        self.head.append(b"%b: %b\r\n" % (lower, value))
 
     def on_headers_complete(self) -> None:
-        status = self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.parser.get_http_version() != "1.1":
-            self.keep_alive = False  # never pool an HTTP/1.0 upstream connection
+        parser = self.parser
+        status = self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+        # (never pool an HTTP/1.0 upstream connection)
+        head, self.head = self.head, []
+        chunked, self.chunked = self.chunked, False
+        has_length, self.has_length = self.has_length, False
         client = self.client
         if client is None:
             return
-        client.response_head(self, status, self.headers)
+        client.response_head(self, status, head, chunked, has_length)
         if self.head_request and status >= 200:
             # A HEAD response has no body whatever its Content-Length says: finish here and
             # start a fresh parser for the next response on this connection.
@@ -157,6 +184,39 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+class Splice(asyncio.Protocol):
+    """The protocol of each transport of an established WebSocket tunnel.
+
+    Its `data_received` is the other transport's `write` itself, so what one side reads,
+    uvloop hands straight to the other side's write, with no Python frame per read (about
+    two per relayed message otherwise). The rest (backpressure, the end of the connection)
+    goes to the side's own protocol as before; it still holds both transports.
+    """
+
+    __slots__ = ("data_received", "owner")
+
+    def __init__(self, write: Callable[[bytes], object], owner: asyncio.Protocol) -> None:
+        self.data_received = write  # type: ignore[method-assign, assignment]
+        self.owner = owner
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.owner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
+
+
+# What a closed connection's `parser` becomes (see `connection_lost`): bytes after the close
+# never reach it, and it references no protocol.
+_CLOSED = httptools.HttpResponseParser(object())
 
 
 class UpstreamPool:

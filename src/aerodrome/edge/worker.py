@@ -29,7 +29,7 @@ from aerodrome.ids import new_id
 if TYPE_CHECKING:
     from aerodrome.edge.proxy import Exchange
 
-_JSON_BOOL = {True: "true", False: "false"}
+_JSON_BOOL = {True: b"true", False: b"false"}
 _PLAIN_PATH = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII, no " or \
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -73,18 +73,18 @@ class AccessLog:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.lines: list[str] = []
+        self.lines: list[bytes] = []
 
-    def add(self, line: str) -> None:
+    def add(self, line: bytes) -> None:
         if self.path is not None:
             self.lines.append(line)
 
     def flush(self) -> None:
         if self.lines and self.path is not None:
-            data, self.lines = "".join(self.lines), []
+            data, self.lines = b"".join(self.lines), []
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, data.encode())
+                os.write(fd, data)
             finally:
                 os.close(fd)
 
@@ -116,15 +116,16 @@ class Worker:
         self.table = RouteTable(-1, {})
         self.servers: list[asyncio.base_events.Server] = []
         self._requests = 0
-        self._rid_prefix = new_id("req")[4:18]
+        self._rid_prefix = new_id("req")[4:18].encode()
         self._stamp_second = 0
-        self._stamp = ""
+        self._stamp = b""
         self._tasks: list[asyncio.Task[None]] = []
 
-    def request_id(self) -> str:
-        """Unique per platform: a random per-worker prefix and a counter (cheap per request)."""
+    def request_id(self) -> bytes:
+        """Unique per platform: a random per-worker prefix and a counter (cheap per request).
+        Bytes, as it is sent: it goes into headers, and into the log as ASCII."""
         self._requests += 1
-        return f"req_{self._rid_prefix}{self._requests:010x}"
+        return b"req_%b%010x" % (self._rid_prefix, self._requests)
 
     def record(self, ex: Exchange, app: str, client_ip: str, tls: bool, websocket: bool) -> None:
         elapsed = time.monotonic() - ex.started
@@ -134,21 +135,33 @@ class Worker:
         now = int(time.time())
         if now != self._stamp_second:
             self._stamp_second = now
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)).encode()
         # Only the path can hold arbitrary text, so only it goes through the JSON encoder;
-        # the query string is dropped (it may carry credentials).
+        # the query string is dropped (it may carry credentials). The method is one llhttp
+        # accepted (letters only); the rest is the edge's own.
         raw_path = ex.url.split(b"?", 1)[0]
         path = (
-            f'"{raw_path.decode("ascii")}"'
+            b'"%b"' % raw_path
             if _PLAIN_PATH.fullmatch(raw_path)
-            else json.dumps(raw_path.decode("latin-1"))
+            else json.dumps(raw_path.decode("latin-1")).encode()
         )
-        method = ex.method.decode("latin-1")
         self.access_log.add(
-            f'{{"time": "{self._stamp}", "request_id": "{ex.request_id}", "app": "{app}", '
-            f'"method": "{method}", "path": {path}, "status": {ex.status}, '
-            f'"bytes": {ex.out_bytes}, "ms": {elapsed * 1000:.3f}, "client_ip": "{client_ip}", '
-            f'"tls": {_JSON_BOOL[tls]}, "websocket": {_JSON_BOOL[websocket]}}}\n'
+            b'{"time": "%b", "request_id": "%b", "app": "%b", "method": "%b", "path": %b, '
+            b'"status": %d, "bytes": %d, "ms": %.3f, "client_ip": "%b", "tls": %b, '
+            b'"websocket": %b}\n'
+            % (
+                self._stamp,
+                ex.request_id,
+                app.encode(),
+                ex.method,
+                path,
+                ex.status,
+                ex.out_bytes,
+                elapsed * 1000,
+                client_ip.encode(),
+                _JSON_BOOL[tls],
+                _JSON_BOOL[websocket],
+            )
         )
 
     def apply(self, snapshot: Snapshot) -> None:
