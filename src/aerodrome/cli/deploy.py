@@ -13,13 +13,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from aerodrome.cli.common import client
 from aerodrome.cli.output import JsonFlag, console, emit_json, err_console
 from aerodrome.cli.publish import publish
-from aerodrome.cli.rollout import follow, roll_back
+from aerodrome.cli.rollout import WAIT, DetachOpt, WaitOpt, follow, roll_back
 from aerodrome.config import DEFAULT_DATA_DIR
 from aerodrome.runtime.config import DEFAULT_FILE, load_config_file
-
-WaitOpt = Annotated[
-    float, typer.Option("--wait-timeout", help="Seconds to wait for the release to serve.")
-]
 
 
 def deploy(
@@ -33,10 +29,8 @@ def deploy(
         int | None,
         typer.Option("--rollback", help="Deploy release N's code and config again instead."),
     ] = None,
-    detach: Annotated[
-        bool, typer.Option("--detach", help="Return once the release exists.")
-    ] = False,
-    wait_timeout: WaitOpt = 300.0,
+    detach: DetachOpt = False,
+    wait_timeout: WaitOpt = WAIT,
     json_mode: JsonFlag = False,
 ) -> None:
     """Deploy the directory of aerodrome.toml as a new release, and wait until it serves."""

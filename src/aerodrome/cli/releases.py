@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.deploy import WaitOpt
 from aerodrome.cli.output import JsonFlag, console, emit_json, record, table
-from aerodrome.cli.rollout import roll_back
+from aerodrome.cli.rollout import WAIT, DetachOpt, WaitOpt, roll_back
 
 app = typer.Typer(help="List, show and roll back an app's releases.", invoke_without_command=True)
 
@@ -68,10 +67,8 @@ def show(number: NumberArg, app_name: AppOpt, json_mode: JsonFlag = False) -> No
 def rollback(
     number: NumberArg,
     app_name: AppOpt,
-    detach: Annotated[
-        bool, typer.Option("--detach", help="Return once the release exists.")
-    ] = False,
-    wait_timeout: WaitOpt = 300.0,
+    detach: DetachOpt = False,
+    wait_timeout: WaitOpt = WAIT,
     json_mode: JsonFlag = False,
 ) -> None:
     """A new release with release NUMBER's code and configuration (and today's secrets)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -16,6 +16,11 @@ from aerodrome.cli.output import console, emit_json, err_console
 from aerodrome.errors import AeroError
 
 MACHINE_ID = re.compile(r"mch_[a-z2-7]{24}")
+WAIT = 300.0  # seconds a release may take to serve before the CLI gives up waiting
+DetachOpt = Annotated[bool, typer.Option("--detach", help="Return once the release exists.")]
+WaitOpt = Annotated[
+    float, typer.Option("--wait-timeout", help="Seconds to wait for the release to serve.")
+]
 LAST_LINES = 15
 POLL = 0.5
 

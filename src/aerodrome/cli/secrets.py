@@ -11,7 +11,7 @@ from dotenv import dotenv_values
 
 from aerodrome.cli.common import client
 from aerodrome.cli.output import JsonFlag, console, emit_json, err_console, table
-from aerodrome.cli.rollout import follow, wait
+from aerodrome.cli.rollout import WAIT, follow, wait
 from aerodrome.errors import InvalidInput
 
 app = typer.Typer(
@@ -22,7 +22,6 @@ AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 StageOpt = Annotated[
     bool, typer.Option("--stage", help="Store now; deploy later with `aero secrets deploy`.")
 ]
-WAIT = 300.0  # seconds a secrets change may take to restart the machines
 DetachOpt = Annotated[
     bool, typer.Option("--detach", help="Return without waiting for machines to restart.")
 ]
