@@ -489,3 +489,35 @@ def test_a_long_running_machine_gets_a_fresh_credential_and_the_old_one_is_revok
         await agent.shutdown()
 
     asyncio.run(scenario())
+
+
+@sqlite_only
+def test_a_restart_that_never_gets_healthy_marks_the_machine_failed_once(
+    services: Services, web: App, tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "MIN_CHECK_WAIT", 1.0)
+    sick = shared / "sick"
+    release(services, tmp_path, env={"SICK_FILE": str(sick)})
+    agent = Agent(services)
+
+    async def scenario() -> None:
+        await settle(agent)
+        [running] = agent.of_app(web.id)
+        sick.touch()
+        with services.store.write() as tx:
+            machine_rules.request(tx, tx.session.merge(web), running.machine_id, "restart")
+        await settle(agent)
+        [row] = machines(services)
+        assert row.state == "failed" and "check GET /healthz never passed" in row.reason
+        assert not running.machine.running and upstreams(services) == []
+        revision = services.store.revision()
+        await settle(agent)  # nothing retries it by itself
+        assert services.store.revision() == revision
+        sick.unlink()
+        with services.store.write() as tx:  # until someone starts it
+            machine_rules.request(tx, tx.session.merge(web), running.machine_id, "start")
+        await settle(agent)
+        assert machines(services)[0].state == "started" and upstreams(services) == [running.address]
+        await agent.shutdown()
+
+    asyncio.run(scenario())

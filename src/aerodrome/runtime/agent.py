@@ -58,6 +58,7 @@ CRASH_LIMIT = 5
 DRAIN = 1.0  # the edge polls the store every 0.5 s: after this, no new request reaches it
 FAILING_AFTER = 2  # consecutive failed checks before a started machine leaves the route table
 NO_CHECK_WAIT = 15.0  # without a check: how long the port may take to open
+MIN_CHECK_WAIT = 10.0  # after the grace period: how long a new machine has to pass its check
 CREDENTIAL_REFRESH = 24 * 3600.0
 
 
@@ -461,7 +462,7 @@ class Agent:
         """Until the first check of [http_service] passes (or, with none, the port answers)."""
         check = self._check_of(running.config)
         deadline = time.monotonic() + (
-            check.grace_period + max(10.0, 5 * check.timeout) if check else NO_CHECK_WAIT
+            check.grace_period + max(MIN_CHECK_WAIT, 5 * check.timeout) if check else NO_CHECK_WAIT
         )
         last = "it never answered"
         while time.monotonic() < deadline:
@@ -622,9 +623,10 @@ class Agent:
                     await self._start(running)
                     await self._wait_healthy(running)
                     await self._route(running, routed=True)
-                except StartFailed as failure:
+                except StartFailed as failure:  # failed, not stopped: no retry loop
                     await running.machine.stop(grace=running.config.kill_timeout)
-                    running.stopped = True
+                    running.failed = str(failure)
+                    await self._close_api(running)
                     await asyncio.to_thread(self._revoke_credential, running)
                     await asyncio.to_thread(
                         self._report, running.machine_id, state="failed", reason=str(failure)
