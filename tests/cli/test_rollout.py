@@ -133,6 +133,9 @@ def test_machines_stop_and_start_on_request(platform: Platform, tmp_path: Path) 
     assert wait_state(platform, "mach-web", first["id"], "started")
     bad = platform.aero("machines", "stop", "mch_nope", "-a", "mach-web", check=False)
     assert bad.returncode == 1 and "invalid machine id" in bad.stderr
+    unknown = platform.aero("deploy", "-c", str(source(tmp_path, "mach-web", "x")), "-a",
+                            "no-such-app", check=False)  # fmt: skip
+    assert unknown.returncode == 1 and "app 'no-such-app' not found" in unknown.stderr
 
 
 def wait_state(platform: Platform, app: str, machine: str, state: str) -> bool:
