@@ -75,9 +75,11 @@ from typing import Any
 import uvloop
 
 from aerodrome.ids import new_id
+from aerodrome.runtime.agent import free_port
 from aerodrome.runtime.machine import SAFE_PATH, Machine, MachineSpec, machine_uid
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
+from aerodrome.up import read_env_file
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
@@ -98,12 +100,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def summary(samples: list[float]) -> dict[str, Any]:
     return {
         "median": statistics.median(samples),
@@ -117,27 +113,30 @@ def summary(samples: list[float]) -> dict[str, Any]:
 # -- the machine we run on ---------------------------------------------------------------------
 
 
+def sibling(name: str) -> Any:
+    """Another script of bench/, loaded by path under another module name (as `secrets`,
+    bench/secrets.py would shadow the standard library's module)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", SCRIPT.parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+EDGE_BENCH = sibling("edge")  # its /proc readers
+
+
 def cpu_ticks_by_pid() -> dict[tuple[int, int], tuple[str, int]]:
     """(pid, start time) -> (command name, utime + stime ticks) for every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
-        out[(int(entry), int(fields[19]))] = (comm, int(fields[11]) + int(fields[12]))
-    return out
+    stats = EDGE_BENCH.proc_stats()
+    return {(pid, st.start): (st.comm, st.ticks) for pid, st in stats.items()}
 
 
 def busy_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs since boot."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields[:8]) - idle, sum(fields[:8])
+    busy: tuple[int, int] = EDGE_BENCH.machine_busy()
+    return busy
 
 
 @dataclass
@@ -199,15 +198,6 @@ class Host:
 # -- 1. deploys on a real platform -------------------------------------------------------------
 
 
-def read_env(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            out[key] = value
-    return out
-
-
 class Platform:
     """`aero up` on a throwaway data directory and free ports, and the CLI pointed at it."""
 
@@ -236,7 +226,7 @@ class Platform:
             if self.process.poll() is not None:
                 raise RuntimeError(f"aero up exited:\n{self.log_path.read_text()[-2000:]}")
             if env_file.exists() and env_file.stat().st_mtime >= started:
-                self.env = {**env, **read_env(env_file)}
+                self.env = {**env, **read_env_file(env_file)}
                 return
             time.sleep(0.2)
         raise RuntimeError(f"aero up was not ready in {timeout:.0f} s")
@@ -588,10 +578,7 @@ def bench_starts(tmp: Path, runs: int) -> dict[str, Any]:
 def bench_unseal(runs: int) -> dict[str, Any]:
     """bench/secrets.py's unseal measurement, for 1 and 100 secrets. Loaded by path under
     another name: as `secrets` it would shadow the standard library's module."""
-    spec = importlib.util.spec_from_file_location("bench_secrets", SCRIPT.parent / "secrets.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = sibling("secrets")
     rng = random.Random(7)
     return {str(count): module.bench_unseal(count, runs, rng) for count in (1, 100)}
 

@@ -149,6 +149,16 @@ def write_env_file(
     write_private_text(path, "\n".join(lines) + "\n")
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """The settings `write_env_file` wrote (for scripts and tests that drive the CLI)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            out[key] = value
+    return out
+
+
 class Supervisor:
     """Starts components, restarts crashed ones with exponential backoff, stops all on exit."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,24 +15,11 @@ from typing import Any
 
 import pytest
 
+from aerodrome.runtime.agent import free_port
+from aerodrome.up import read_env_file as read_env
 from tests.certs.conftest import pebble  # noqa: F401  (the fixture, for test_edge_e2e)
 
 AERO = [sys.executable, "-m", "aerodrome.cli.main"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def read_env(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            out[key] = value
-    return out
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -25,12 +24,7 @@ from cryptography.x509.oid import NameOID
 from aerodrome.edge.routes import EdgeConfig, Route, RouteTable, _route
 from aerodrome.edge.worker import Snapshot, Worker
 from aerodrome.platform.http_service import HttpService
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from aerodrome.runtime.agent import free_port
 
 
 class TestCA:

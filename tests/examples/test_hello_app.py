@@ -14,16 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aerodrome.runtime.agent import free_port
+
 APP = Path(__file__).resolve().parents[2] / "examples" / "hello" / "app.py"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # the RFC's own example: its accept value is known
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 SECRET = "an-example-session-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:

@@ -159,6 +159,24 @@ async def settle(agent: Agent) -> None:
     await agent.idle()
 
 
+async def settle_watching(agent: Agent, services: Services) -> list[tuple[int, int]]:
+    """Settle the agent, sampling every 50 ms (machines alive, upstreams routed) meanwhile."""
+    seen: list[tuple[int, int]] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            alive = sum(1 for r in agent.machines.values() if r.machine.running)
+            seen.append((alive, len(upstreams(services))))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    await settle(agent)
+    done.set()
+    await watcher
+    return seen
+
+
 async def until(condition: Callable[[], Awaitable[bool]], agent: Agent, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -214,22 +232,12 @@ def test_a_rolling_deploy_replaces_one_machine_at_a_time(
     agent = Agent(services)
     seen: list[tuple[int, int]] = []  # (machines alive, routed upstreams) while deploying
 
-    async def watch(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            alive = sum(1 for r in agent.machines.values() if r.machine.running)
-            seen.append((alive, len(upstreams(services))))
-            await asyncio.sleep(0.05)
-
     async def scenario() -> None:
         await settle(agent)
         first = {r.machine_id for r in agent.of_app(web.id)}
         assert len(first) == 3 and len(upstreams(services)) == 3
         second = release(services, tmp_path, machines=3, env={"V": "2"})
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(watch(stop))
-        await settle(agent)
-        stop.set()
-        await watcher
+        seen.extend(await settle_watching(agent, services))
         now = agent.of_app(web.id)
         assert {r.release for r in now} == {second} and not first & {r.machine_id for r in now}
         assert upstreams(services) == sorted(r.address for r in now)
@@ -246,27 +254,14 @@ def test_an_immediate_deploy_starts_every_machine_before_stopping_any_but_not_fo
 ) -> None:
     release(services, tmp_path, machines=2, strategy="immediate")
     agent = Agent(services)
-    alive: list[int] = []
 
     async def scenario() -> None:
         await settle(agent)
         release(services, tmp_path, machines=2, strategy="immediate", env={"V": "2"})
-        stop = asyncio.Event()
-
-        async def watch() -> None:
-            while not stop.is_set():
-                alive.append(sum(1 for r in agent.machines.values() if r.machine.running))
-                await asyncio.sleep(0.05)
-
-        watcher = asyncio.create_task(watch())
-        await settle(agent)
-        stop.set()
-        await watcher
+        seen = await settle_watching(agent, services)
         assert len(agent.of_app(web.id)) == 2 and len(upstreams(services)) == 2
-        assert max(alive) == 4
+        assert max(alive for alive, _ in seen) == 4
         # A secrets change restarts them one at a time, even with `immediate`.
-        alive.clear()
-        stop.clear()
         with services.store.write() as tx:
             app = tx.session.merge(web)
             release_rules.set_secrets(
@@ -274,11 +269,8 @@ def test_an_immediate_deploy_starts_every_machine_before_stopping_any_but_not_fo
                 {"API_KEY": SecretValue(b"rotated-value")},
             )  # fmt: skip
             release_rules.create_release(tx, app, "secrets set")
-        watcher = asyncio.create_task(watch())
-        await settle(agent)
-        stop.set()
-        await watcher
-        assert max(alive) == 3 and len(agent.of_app(web.id)) == 2
+        seen = await settle_watching(agent, services)
+        assert max(alive for alive, _ in seen) == 3 and len(agent.of_app(web.id)) == 2
         for running in agent.of_app(web.id):
             assert await get(running.address) == f"hello:{len(b'rotated-value')}"
         await agent.shutdown()
