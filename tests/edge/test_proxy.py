@@ -308,6 +308,51 @@ def test_oversized_headers_431_and_body_413(edge: EdgeHarness) -> None:
     assert status == 413
 
 
+def test_a_body_read_as_its_own_segments_does_not_count_against_the_next_head(
+    edge: EdgeHarness,
+) -> None:
+    """Keep-alive after a body: the next request's head, arriving in two reads, is judged by
+    its own size (the body bytes before it are not header bytes)."""
+    name = host(edge, "web")
+    sock = tls_socket(edge, name)
+    body = b"b" * (edge.config.max_header_bytes + 4096)
+    sock.sendall(
+        f"POST /first HTTP/1.1\r\nHost: {name}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    time.sleep(0.05)
+    sock.sendall(body)
+    first = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+    first.begin()
+    assert first.status == 200 and len(seen_by_app(first.read())["body"]) == len(body)
+    sock.sendall(b"GET /second HTTP/1.1\r\n")
+    time.sleep(0.05)
+    sock.sendall(f"Host: {name}\r\n\r\n".encode())
+    second = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+    second.begin()
+    assert second.status == 200 and seen_by_app(second.read())["path"] == "/second"
+    sock.close()
+
+
+def test_a_body_larger_than_the_buffer_reaches_the_app_at_once(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Reading pauses while a large body waits for its upstream connection, and resumes when
+    the connection takes it: no stall until the upstream timeout (a 504)."""
+    harness, stop = start_edge(
+        tmp_path_factory.mktemp("big"), upstream_timeout=5.0, max_body_bytes=8 * 1024 * 1024
+    )
+    harness.snapshot["tmp"] = tmp_path_factory.mktemp("big-ca")
+    try:
+        harness.set_routes({host(harness, "web"): harness.route("web")})
+        body = b"z" * (2 * 1024 * 1024)
+        started = time.monotonic()
+        status, _, reply = https(harness, "web", method="POST", body=body)
+        assert status == 200 and len(seen_by_app(reply)["body"]) == len(body)
+        assert time.monotonic() - started < harness.config.upstream_timeout
+    finally:
+        stop()
+
+
 def test_slowloris_gets_408_and_a_close(edge: EdgeHarness) -> None:
     sock = tls_socket(edge, host(edge, "web"))
     sock.sendall(f"GET / HTTP/1.1\r\nHost: {host(edge, 'web')}\r\n".encode())  # never finished

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from aerodrome.edge.upstream import HOP_BY_HOP, Address, Splice, UpstreamConnection
+from aerodrome.edge.upstream import HIGH_WATER, HOP_BY_HOP, Address, Splice, UpstreamConnection
 
 if TYPE_CHECKING:
     from aerodrome.edge.routes import Route, RouteTable
@@ -57,7 +57,6 @@ SPECIAL_HEADERS: dict[bytes, int] = {
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 MAX_QUEUED = 8
-HIGH_WATER = 256 * 1024
 
 
 # What a closed connection's `parser` becomes: it references no protocol.
@@ -371,7 +370,7 @@ class EdgeProtocol(asyncio.Protocol):
             ex.upstream.send(b"%x\r\n%b\r\n" % (len(body), body) if ex.chunked_in else body)
         elif ex.error is None:
             ex.chunks.append(body)
-            if sum(map(len, ex.chunks)) > HIGH_WATER:
+            if ex.body_size > HIGH_WATER:  # all of it is buffered until an upstream is attached
                 self.pause_reading_for_peer()
 
     def on_message_complete(self) -> None:
@@ -379,6 +378,7 @@ class EdgeProtocol(asyncio.Protocol):
         assert ex is not None
         ex.body_done = True
         self.current = None
+        self.header_bytes = 0  # what follows is the next request's head, not this body
         if ex.upstream is not None and ex.chunked_in:
             ex.upstream.send(b"0\r\n\r\n")
 
@@ -494,6 +494,15 @@ class EdgeProtocol(asyncio.Protocol):
             payload.append(b"0\r\n\r\n")
         conn.send(payload[0] if len(payload) == 1 else b"".join(payload))
         self._deadline(self.config.upstream_timeout, "upstream")
+        # Reading may have paused while the body was buffered: the upstream takes it now
+        # (unless its own buffer is full: then its resume_writing resumes us).
+        if (
+            self.reading_paused
+            and len(self.queue) <= MAX_QUEUED
+            and conn.transport is not None
+            and conn.transport.get_write_buffer_size() < HIGH_WATER
+        ):
+            self.resume_reading_for_peer()
 
     def _request_head(self, ex: Exchange) -> bytes:
         forwarded = self.forwarded

@@ -121,7 +121,8 @@ def run_worker(args: argparse.Namespace) -> None:
     asyncio.set_event_loop(loop)
     load, revision = static_loader(args.static, config) if args.static else store_loader(config)
     run_dir = args.run_dir
-    seed_file = run_dir / "tickets.seed" if run_dir else None
+    # The main process hands the session-ticket seed over on stdin (never on disk or argv).
+    seed = sys.stdin.buffer.read(32) if args.worker_index is not None and run_dir else b""
     worker = Worker(
         config,
         loop,
@@ -129,7 +130,7 @@ def run_worker(args: argparse.Namespace) -> None:
         revision,
         access_log=args.access_log,
         stats_file=run_dir / f"worker-{args.worker_index}.json" if run_dir else None,
-        ticket_seed=seed_file.read_bytes() if seed_file and seed_file.exists() else None,
+        ticket_seed=seed if len(seed) == 32 else None,
     )
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -224,18 +225,24 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob("worker-*.json"):
         stale.unlink()
-    # A fresh seed for the workers' shared session-ticket keys (see edge/tickets.py).
-    seed_file = run_dir / "tickets.seed"
-    seed_file.unlink(missing_ok=True)
-    fd = os.open(seed_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(os.urandom(32))
+    # A fresh seed for the workers' shared session-ticket keys (see edge/tickets.py). It
+    # derives every epoch's keys, and a TLS 1.2 ticket holds the session's master secret: it
+    # stays in memory and goes to each worker (restarts too) through a pipe.
+    seed = os.urandom(32)
+    (run_dir / "tickets.seed").unlink(missing_ok=True)  # where earlier versions left it
     REGISTRY.register(WorkerStats(run_dir))
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host)
     base = [sys.executable, "-m", "aerodrome.edge", *argv, "--run-dir", str(run_dir)]
     procs: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([*base, "--worker-index", str(index)], stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        proc.stdin.write(seed)
+        proc.stdin.close()
+        return proc
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -244,7 +251,7 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for index in range(max(1, args.workers)):
-        procs[index] = subprocess.Popen([*base, "--worker-index", str(index)])
+        procs[index] = spawn(index)
     print(
         f"edge: {len(procs)} workers on :{args.https_port} (https) and :{args.http_port} "
         f"(http); metrics on {args.metrics_host}:{args.metrics_port}",
@@ -256,7 +263,7 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> None:
             if proc.poll() is not None and not stopping:
                 print(f"edge: worker {index} exited ({proc.returncode}); restarting", flush=True)
                 time.sleep(0.5)
-                procs[index] = subprocess.Popen([*base, "--worker-index", str(index)])
+                procs[index] = spawn(index)
     for proc in procs.values():
         proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 15
