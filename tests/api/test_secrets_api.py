@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from aerodrome.api.authz import PUBLIC, declared
+from aerodrome.api.routes.secrets import SecretsSet
 from aerodrome.errors import AeroError
 from aerodrome.platform.secrets import MAX_TOTAL, MAX_VALUE
 from aerodrome.secrets.machine import unseal_for_machine
@@ -743,3 +744,36 @@ def test_audit_events_name_and_digest_but_never_hold_a_value(world: World) -> No
     for value in (first, second):
         for spelling in forms(value.encode()):
             assert spelling not in text
+
+
+def test_the_request_model_keeps_values_out_of_repr_and_str() -> None:
+    body = SecretsSet(values={"API_KEY": "hunter2-value"})
+    for shown in (repr(body), str(body), f"{body}", f"{body!r}"):
+        assert "hunter2-value" not in shown and "API_KEY" in shown
+
+
+def test_a_value_typed_where_a_name_goes_is_not_echoed(world: World) -> None:
+    response = world.call(
+        "POST", SECRETS, world.tokens["acme.admin"], json={"values": {"pa55w0rd-value!": "x"}}
+    )
+    assert response.status_code == 400
+    assert "pa55w0rd" not in response.text and "invalid secret name" in response.text
+
+
+def test_setting_an_unchanged_value_leaves_an_audit_event(world: World) -> None:
+    admin = world.tokens["acme.admin"]
+    ok(world.call("POST", SECRETS, admin, json={"values": {"GUESSED": "v1-value"}}))
+    with world.services.store.read() as session:
+        before = session.query(AuditEvent).filter(AuditEvent.action == "secrets.set").count()
+    again = ok(world.call("POST", SECRETS, admin, json={"values": {"GUESSED": "v1-value"}}))
+    assert again["secrets"][0]["changed"] is False
+    with world.services.store.read() as session:
+        events = (
+            session.query(AuditEvent)
+            .filter(AuditEvent.action == "secrets.set")
+            .order_by(AuditEvent.seq)
+            .all()
+        )
+    assert len(events) == before + 1
+    assert json.loads(events[-1].detail)["unchanged"] is True
+    assert b"v1-value" not in audit_text(world)

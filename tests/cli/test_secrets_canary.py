@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aerodrome.cli.secrets import parse_assignments
+from aerodrome.errors import AeroError
 from tests.cli.conftest import Platform, free_port, read_env, start_platform, stop_platform
 from tests.postgres import PostgresServer
 
@@ -149,3 +151,10 @@ def test_canary_secret_never_appears_in_plaintext(
             dump = "\n".join(db.iterdump()).encode()
     assert b"canary-app" in dump  # the dump did see our data
     assert not [n for n in needles if n in dump], "a value is in the database dump"
+
+
+def test_an_argument_without_a_name_is_not_echoed() -> None:
+    with pytest.raises(AeroError) as refused:
+        parse_assignments(["GOOD=1", "s3cr3t-typed-alone"])
+    assert "s3cr3t" not in refused.value.message + (refused.value.hint or "")
+    assert "argument 2" in refused.value.message

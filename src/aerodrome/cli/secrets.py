@@ -43,11 +43,11 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
             "only one secret can read its value from stdin",
             hint="use `aero secrets import` for several",
         )
-    for pair in pairs:
+    for position, pair in enumerate(pairs, start=1):
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise InvalidInput(
-                f"expected NAME=VALUE, got {name[:64]!r}",
+            raise InvalidInput(  # never echoed: it may be a value typed without its name
+                f"argument {position} is not NAME=VALUE",
                 hint="for example DATABASE_URL=- (the value is then read from stdin)",
             )
         if value == "-":

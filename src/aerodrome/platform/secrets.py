@@ -39,9 +39,9 @@ class SecretTooLarge(AeroError):
 
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > MAX_NAME:
-        shown = name if isinstance(name, str) and len(name) <= 64 else f"{str(name)[:64]}…"
+        # Not echoed: a value typed where a name goes must not reach an error or a CI log.
         raise InvalidInput(
-            f"invalid secret name {shown!r}",
+            f"invalid secret name ({len(str(name))} characters)",
             hint=f"names match [A-Za-z_][A-Za-z0-9_]* and are at most {MAX_NAME} characters",
         )
     return name
@@ -262,6 +262,13 @@ def set_secrets(
             )
         if current is not None and current.digest == digest:
             results.append(SetResult(name, current.version, digest, changed=False))
+            # Audited too: "unchanged" confirms a guessed value, so each guess leaves a trace.
+            tx.audit(
+                "secrets.set",
+                app.id,
+                org_id=app.org_id,
+                detail={"name": name, "version": current.version, "unchanged": True},
+            )
         else:
             plans.append((name, value, digest))
     new_total = _total_size(tx.session, app.id, {n for n, _, _ in plans})

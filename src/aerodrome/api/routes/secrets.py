@@ -27,8 +27,10 @@ class SecretsSet(BaseModel):
     stage: bool = False
     expect_version: int | None = Field(default=None, ge=0)
 
-    def __repr__(self) -> str:  # the request model holds values: keep them out of any repr
-        return f"SecretsSet(names={sorted(self.values)}, stage={self.stage})"
+    def __repr_args__(self) -> Any:  # the values stay out of repr() and str() alike
+        yield "names", sorted(self.values)
+        yield "stage", self.stage
+        yield "expect_version", self.expect_version
 
 
 class SecretsUnset(BaseModel):
