@@ -26,6 +26,14 @@ def test_defaults_are_secure() -> None:
         ({"cors": {"origins": ["*"], "credentials": True}}, "cors.origins"),
         ({"cors": {"methods": ["FETCH"]}}, "cors.methods"),
         ({"corss": {}}, "corss"),
+        ({"hsts": 5}, "hsts"),
+        ({"concurrency": "many"}, "concurrency"),
+        ({"cors": ["https://a.example"]}, "cors"),
+        ({"cors": {"origins": "https://a.example"}}, "cors.origins"),
+        ({"cors": {"methods": "GET"}}, "cors.methods"),
+        ({"cors": {"headers": ["x-a\r\nset-cookie: a=b"]}}, "cors.headers"),
+        ({"cors": {"headers": ["x a"]}}, "cors.headers"),
+        ({"hsts": {"include_subdomains": "false"}}, "hsts.include_subdomains"),
     ],
 )
 def test_bad_settings_name_the_key(document: dict[str, object], key: str) -> None:

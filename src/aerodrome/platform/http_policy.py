@@ -8,12 +8,14 @@ The settings use fly.toml's names where the meaning is the same (`force_https`,
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from aerodrome.errors import InvalidInput
 
 ONE_YEAR = 31_536_000
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -72,6 +74,24 @@ def _check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
         )
 
 
+def _table(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(key, "must be a table of settings")
+    return value
+
+
+def _strings(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(key, "must be a list of strings")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, "must be true or false")
+    return value
+
+
 def _int(key: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _fail(key, f"must be an integer from {low} to {high}")
@@ -96,12 +116,12 @@ def parse_http_service(data: dict[str, Any]) -> HttpService:
     force_https = data.get("force_https", True)
     if not isinstance(force_https, bool):
         raise _fail("force_https", "must be true or false")
-    hsts = data.get("hsts", {})
+    hsts = _table("hsts", data.get("hsts", {}))
     _check_keys(".hsts", hsts, {"max_age", "include_subdomains"})
     max_age = _int("hsts.max_age", hsts.get("max_age", ONE_YEAR), 0, 2 * ONE_YEAR)
     if 0 < max_age < ONE_YEAR:
         raise _fail("hsts.max_age", "must be at least one year (31536000), or 0 to disable")
-    concurrency = data.get("concurrency", {})
+    concurrency = _table("concurrency", data.get("concurrency", {}))
     _check_keys(".concurrency", concurrency, {"type", "soft_limit", "hard_limit"})
     if concurrency.get("type", "requests") != "requests":
         raise _fail("concurrency.type", 'only "requests" is supported')
@@ -112,14 +132,20 @@ def parse_http_service(data: dict[str, Any]) -> HttpService:
     idle = data.get("websocket_idle_timeout", 0)
     if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 <= idle <= 86_400:
         raise _fail("websocket_idle_timeout", "must be seconds from 0 (none) to 86400")
-    cors_data = data.get("cors", {})
+    cors_data = _table("cors", data.get("cors", {}))
     _check_keys(".cors", cors_data, {"origins", "methods", "headers", "credentials", "max_age"})
-    origins = tuple(_origin(o) for o in cors_data.get("origins", []))
-    methods = tuple(str(m).upper() for m in cors_data.get("methods", ["GET", "HEAD", "POST"]))
+    origins = tuple(_origin(o) for o in _strings("cors.origins", cors_data.get("origins", [])))
+    methods = tuple(
+        m.upper()
+        for m in _strings("cors.methods", cors_data.get("methods", ["GET", "HEAD", "POST"]))
+    )
     bad = [m for m in methods if m not in CORS_METHODS]
     if bad:
         raise _fail("cors.methods", f"unknown method {bad[0]!r}")
-    headers = tuple(str(h).lower() for h in cors_data.get("headers", []))
+    headers = tuple(h.lower() for h in _strings("cors.headers", cors_data.get("headers", [])))
+    bad_header = next((h for h in headers if not _TOKEN.fullmatch(h)), None)
+    if bad_header is not None:  # these are written into response headers: no CR, LF, colon
+        raise _fail("cors.headers", f"{bad_header[:40]!r} is not a header name")
     credentials = cors_data.get("credentials", False)
     if not isinstance(credentials, bool):
         raise _fail("cors.credentials", "must be true or false")
@@ -135,7 +161,7 @@ def parse_http_service(data: dict[str, Any]) -> HttpService:
     return HttpService(
         force_https,
         max_age,
-        bool(hsts.get("include_subdomains", False)),
+        _bool("hsts.include_subdomains", hsts.get("include_subdomains", False)),
         soft,
         hard,
         float(idle),
