@@ -92,7 +92,7 @@ def bootstrap(services: Services, admin_email: str) -> Bootstrap:
     An existing aero.env whose token still verifies is kept, so a second run does not
     invalidate a configured shell."""
     env_file = services.settings.data_dir / ENV_FILE
-    current = _read_env(env_file).get("AERO_API_TOKEN")
+    current = read_env_file(env_file).get("AERO_API_TOKEN")
     if current:
         verified = services.verifier.verify(current)
         if isinstance(verified, VerifiedToken) and verified.kind == "session":
@@ -122,7 +122,8 @@ def bootstrap(services: Services, admin_email: str) -> Bootstrap:
     return Bootstrap(email, minted.token, new_token=True, first_run=first_run)
 
 
-def _read_env(path: Path) -> dict[str, str]:
+def read_env_file(path: Path) -> dict[str, str]:
+    """The settings `write_env_file` wrote (also for scripts and tests that drive the CLI)."""
     if not path.exists():
         return {}
     out = {}
@@ -147,16 +148,6 @@ def write_env_file(
     if ca_bundle is not None:
         lines.append(f"AERO_CA_BUNDLE={ca_bundle}")
     write_private_text(path, "\n".join(lines) + "\n")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """The settings `write_env_file` wrote (for scripts and tests that drive the CLI)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            out[key] = value
-    return out
 
 
 class Supervisor:

@@ -46,7 +46,7 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as secret_rules
 from aerodrome.platform import tokens as token_records
-from aerodrome.runtime.artifact import Artifact, build_artifact, store_artifact
+from aerodrome.runtime.artifact import Artifact, app_artifacts, build_artifact, store_artifact
 from aerodrome.runtime.logstore import LogStore
 from aerodrome.runtime.machine import LogLine
 from aerodrome.secrets.values import SecretValue
@@ -373,7 +373,7 @@ def _victim_machine(world: World, app_name: str, n: int) -> str:
 def _victim_release(world: World, app_name: str, n: int) -> int:
     """A release with code, to show, roll back to, or read the configuration of."""
     digest, data = _artifact(n)
-    _store(world, data)
+    _store(world, app_name, data)
     with world.services.store.write() as tx:
         app = app_rules.get_app(tx.session, app_name)
         config = DEPLOY_CONFIG.format(app=app_name)
@@ -417,7 +417,7 @@ def prepare(
     if "{digest}" in url:
         digest, data = _artifact(n)
         if method == "GET":  # it must exist to be read
-            _store(world, data)
+            _store(world, str(app), data)
         url = url.replace("{digest}", digest)
     if (method, template) == ("POST", "/v1/keys/retire"):
         _rotated_keyring(world)
@@ -466,13 +466,13 @@ def _artifact(n: int) -> tuple[str, bytes]:
     return artifact.digest, data
 
 
-def _store(world: World, data: bytes) -> None:
+def _store(world: World, app_name: str, data: bytes) -> None:
     with tempfile.NamedTemporaryFile(suffix=".tar.gz", delete=False) as fh:
         fh.write(data)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     store_artifact(
         Artifact(digest, len(data), 0, 0, Path(fh.name)),
-        world.services.settings.data_dir / "artifacts",
+        app_artifacts(world.services.settings.data_dir, world.ids[app_name]),
     )
     Path(fh.name).unlink()
 
@@ -487,7 +487,7 @@ def body_for(
         return _artifact(n)[1]  # the raw artifact, matching the digest prepare() put in the URL
     if template == "/v1/apps/{app}/deploys":
         digest, data = _artifact(n)
-        _store(world, data)
+        _store(world, str(app), data)
         return {"artifact": digest, "config": DEPLOY_CONFIG.format(app=app)}
     return BODIES[(method, template)](n)
 

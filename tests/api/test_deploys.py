@@ -90,3 +90,21 @@ def test_bad_deploys_are_refused_and_change_nothing(world: World, tmp_path: Path
         "PUT", f"/v1/apps/acme-web/artifacts/{digest}", world.tokens["acme.readonly"], content=data
     )
     assert readonly.status_code == 403
+
+
+def test_an_apps_artifacts_are_its_own(world: World, tmp_path: Path) -> None:
+    """Another app (here: of another org) can neither learn that an artifact exists nor
+    deploy it by its digest; it must upload the code itself."""
+    digest, data = built(tmp_path)
+    acme = world.tokens["acme.deploy"]
+    assert (
+        world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", acme, content=data).status_code
+        == 201
+    )
+    globex = world.tokens["globex.deploy"]
+    assert world.call("GET", f"/v1/apps/globex-web/artifacts/{digest}", globex).status_code == 404
+    config = CONFIG.replace("acme-web", "globex-web")
+    refused = world.call(
+        "POST", "/v1/apps/globex-web/deploys", globex, json={"artifact": digest, "config": config}
+    )
+    assert refused.status_code == 400 and "was not uploaded" in refused.json()["error"]["message"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from aerodrome.runtime.artifact import app_artifacts, stored_artifact
 from tests.cli.conftest import Platform
 
 TOML = """\
@@ -40,7 +41,8 @@ def test_deploy_packages_uploads_and_releases(platform: Platform, tmp_path: Path
     result = platform.aero_json("deploy", "-c", str(source / "aerodrome.toml"), "--detach")
     digest = result["artifact"]["digest"]
     assert result["release"]["artifact"] == digest and result["release"]["number"] == 1
-    stored = platform.data_dir / "artifacts" / "sha256" / f"{digest.split(':')[1]}.tar.gz"
+    app_id = platform.aero_json("apps", "show", "deploy-web")["id"]
+    stored = stored_artifact(app_artifacts(platform.data_dir, app_id), digest)
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(stored.read_bytes()))) as tar:
         names = tar.getnames()
     assert "index.html" in names and "aerodrome.toml" in names and ".env" not in names

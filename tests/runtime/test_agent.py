@@ -24,7 +24,7 @@ from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime import agent as agent_module
 from aerodrome.runtime.agent import Agent, Running
-from aerodrome.runtime.artifact import build_artifact, store_artifact
+from aerodrome.runtime.artifact import app_artifacts, build_artifact, store_artifact
 from aerodrome.runtime.machine import machine_uid
 from aerodrome.secrets.values import SecretValue
 from aerodrome.services import Services
@@ -127,10 +127,10 @@ machines = {machines}
 internal_port = 8080
 {checks}"""
     artifact = build_artifact(source)
-    store_artifact(artifact, services.settings.data_dir / "artifacts")
-    artifact.discard()
     with services.store.write() as tx:
         app = tx.session.execute(select(App).where(App.name == "web")).scalar_one()
+        store_artifact(artifact, app_artifacts(services.settings.data_dir, app.id))
+        artifact.discard()
         return release_rules.create_release(
             tx, app, "deploy", artifact=artifact.digest, config=config
         ).number

@@ -34,11 +34,12 @@ import httpx
 from sqlalchemy import select
 
 from aerodrome.config import Settings
+from aerodrome.errors import InvalidInput
 from aerodrome.ids import new_id
 from aerodrome.platform import http_service as upstream_rules
 from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import tokens as token_records
-from aerodrome.runtime.artifact import unpack_artifact
+from aerodrome.runtime.artifact import app_artifacts, stored_artifact, unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
 from aerodrome.runtime.isolation import isolate_test_machines
 from aerodrome.runtime.localapi import Identity, LocalApi, MachineCredentialCheck
@@ -72,7 +73,7 @@ class StartFailed(Exception):
     """A machine did not get healthy; the message says why, in words for the user."""
 
 
-@dataclass
+@dataclass(eq=False)  # one machine is one object: compared by identity
 class Running:
     """One machine this agent supervises."""
 
@@ -137,18 +138,28 @@ class Agent:
         await self.shutdown()
 
     def forget_previous_run(self) -> None:
-        """Machines recorded by an agent that is gone no longer run: drop them and their
-        routes, so the releases they ran are rolled out afresh."""
+        """Machines recorded by an agent that is gone no longer run (they die with it): drop
+        them, their routes and their credentials, so the releases they ran are rolled out
+        afresh and nothing they held still opens anything."""
         with self.services.store.write(self._audit) as tx:
-            rows = tx.session.execute(
-                select(MachineRow).where(MachineRow.region == self.region)
-            ).scalars()
-            for row in list(rows):
-                if row.id in self.machines:
-                    continue
+            rows = list(
+                tx.session.execute(
+                    select(MachineRow).where(MachineRow.region == self.region)
+                ).scalars()
+            )
+            for row in rows:
                 if row.address:
                     self._unroute_address(tx, row.app_id, row.address)
                 machine_rules.destroy_machine(tx, row.id)
+            if rows:
+                credentials = tx.session.execute(
+                    select(Token).where(
+                        Token.machine_id.in_([row.id for row in rows]),
+                        Token.revoked_at.is_(None),
+                    )
+                ).scalars()
+                for token in list(credentials):
+                    token_records.revoke_record(tx, token)
 
     @staticmethod
     def _unroute_address(tx: Tx, app_id: str, address: str) -> None:
@@ -193,15 +204,19 @@ class Agent:
         wanted, rows = await asyncio.to_thread(self._desired)
         self._revision = revision
         present = {app.id for app, _ in wanted}
-        for running in list(self.machines.values()):
-            if running.app_id not in present and running.app_id not in self._tasks:
-                await self._discard(running)  # the app or its code is gone
+        for app_id in {r.app_id for r in self.machines.values()} - present - set(self._tasks):
+            self._spawn(app_id, self._discard_app(app_id))  # the app or its code is gone
         for app, release in wanted:
             if app.id in self._tasks:
                 self._revision = -1  # look again once that work is done
                 continue
             mine = self.of_app(app.id)
-            config = load_config(release.config or "")
+            try:
+                config = load_config(release.config or "")
+            except InvalidInput as error:  # one app's bad release must not stop the others
+                log.error("release %s of %s: %s", release.number, app.name, error.message)
+                await self._status(app, release.number, "failed", error.message)
+                continue
             if len(mine) != config.machines or any(r.release != release.number for r in mine):
                 self._spawn(app.id, self.roll_out(app, release))
                 continue
@@ -221,7 +236,17 @@ class Agent:
 
     def _spawn(self, app_id: str, work: object) -> None:
         assert asyncio.iscoroutine(work)
-        self._tasks[app_id] = asyncio.create_task(work)
+        task = asyncio.create_task(work)
+        task.add_done_callback(self._finished)
+        self._tasks[app_id] = task
+
+    @staticmethod
+    def _finished(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent task failed", exc_info=task.exception())
+
+    async def _discard_app(self, app_id: str) -> None:
+        await asyncio.gather(*(self._discard(r) for r in self.of_app(app_id)))
 
     def of_app(self, app_id: str) -> list[Running]:
         return [r for r in self.machines.values() if r.app_id == app_id]
@@ -316,9 +341,11 @@ class Agent:
             if candidate.id == app.id:
                 log.info("rolling %s back to release %s", app.name, release.number)
                 config = load_config(release.config or "")
-                with contextlib.suppress(StartFailed):
+                try:
                     unrouted = await self._rolling(app, release, config, self.of_app(app.id))
                     await self._finish(app, release.number, config, unrouted)
+                except StartFailed as failure:
+                    log.error("rolling %s back failed too: %s", app.name, failure)
 
     async def _status(self, app: App, number: int, status: str, reason: str = "") -> None:
         def write() -> None:
@@ -336,13 +363,9 @@ class Agent:
         await asyncio.to_thread(self._record, app, machine_id, release.number)
         try:
             await asyncio.to_thread(self._prepare, workdir)
-            artifact = (
-                self.settings.data_dir / "artifacts" / "sha256"
-                / f"{(release.artifact or '').removeprefix('sha256:')}.tar.gz"
-            )  # fmt: skip
-            await asyncio.to_thread(
-                unpack_artifact, artifact, workdir / "app", release.artifact or ""
-            )
+            digest = release.artifact or ""
+            artifact = stored_artifact(app_artifacts(self.settings.data_dir, app.id), digest)
+            await asyncio.to_thread(unpack_artifact, artifact, workdir / "app", digest)
             port = free_port()
             spec = MachineSpec(
                 machine_id=machine_id, app=app.name, release=release.number,
@@ -450,13 +473,16 @@ class Agent:
             return minted.token, row.id, identity
 
     def _revoke_credential(self, running: Running) -> None:
-        if not running.credential_id:
+        token_id, running.credential_id = running.credential_id, ""
+        self._revoke_token(token_id)
+
+    def _revoke_token(self, token_id: str) -> None:
+        if not token_id:
             return
         with self.services.store.write(self._audit) as tx:
-            row = tx.session.get(Token, running.credential_id)
+            row = tx.session.get(Token, token_id)
             if row is not None and row.revoked_at is None:
                 token_records.revoke_record(tx, row)
-        running.credential_id = ""
 
     async def _wait_healthy(self, running: Running) -> None:
         """Until the first check of [http_service] passes (or, with none, the port answers)."""
@@ -570,12 +596,15 @@ class Agent:
         if drained < DRAIN:
             await asyncio.sleep(DRAIN - drained)
         await asyncio.to_thread(self._report, running.machine_id, state="stopping", reason=reason)
-        await running.machine.stop(
-            grace=running.config.kill_timeout,
-            sig=getattr(signal, running.config.kill_signal, signal.SIGINT),
-        )
+        await self._kill(running)
         await self._close_api(running)
         await asyncio.to_thread(self._revoke_credential, running)
+
+    @staticmethod
+    async def _kill(running: Running) -> None:
+        """The app's `kill_signal` to its process group; SIGKILL after `kill_timeout`."""
+        config = running.config
+        await running.machine.stop(config.kill_timeout, getattr(signal, config.kill_signal))
 
     @staticmethod
     async def _close_api(running: Running) -> None:
@@ -595,7 +624,7 @@ class Agent:
         running.stopped = True
         with contextlib.suppress(Exception):
             await self._route(running, routed=False)
-        await running.machine.stop(grace=running.config.kill_timeout)
+        await self._kill(running)
         with contextlib.suppress(Exception):
             await self._close_api(running)
             await asyncio.to_thread(self._revoke_credential, running)
@@ -624,7 +653,7 @@ class Agent:
                     await self._wait_healthy(running)
                     await self._route(running, routed=True)
                 except StartFailed as failure:  # failed, not stopped: no retry loop
-                    await running.machine.stop(grace=running.config.kill_timeout)
+                    await self._kill(running)
                     running.failed = str(failure)
                     await self._close_api(running)
                     await asyncio.to_thread(self._revoke_credential, running)
@@ -660,9 +689,7 @@ class Agent:
         if running.api is not None:
             running.api.check = MachineCredentialCheck(self.services, credential, identity)
         del credential
-        fresh, running.credential_id = running.credential_id, old
-        await asyncio.to_thread(self._revoke_credential, running)
-        running.credential_id = fresh
+        await asyncio.to_thread(self._revoke_token, old)
 
     async def _check(self, running: Running) -> None:
         check = self._check_of(running.config)
@@ -713,8 +740,7 @@ class Agent:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        for running in list(self.machines.values()):
-            await self._discard(running)
+        await asyncio.gather(*(self._discard(r) for r in list(self.machines.values())))
         with contextlib.suppress(OSError):
             self.machines_dir.rmdir()  # once empty: nothing of this platform's machines stays
         if self._client is not None:

@@ -492,6 +492,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def app_artifacts(data_dir: Path, app_id: str) -> Path:
+    """Where an app's artifacts live: apart per app, so an app's code can be neither probed
+    for nor deployed by another app (another org) that learns its digest."""
+    return data_dir / "artifacts" / app_id
+
+
+def stored_artifact(artifacts_dir: Path, digest: str) -> Path:
+    """The file `store_artifact` keeps `digest` in under `artifacts_dir`."""
+    return artifacts_dir / "sha256" / f"{_parse_digest(digest)}.tar.gz"
+
+
 def store_artifact(artifact: Artifact, artifacts_dir: Path) -> Path:
     """Copy `artifact` to `artifacts_dir/sha256/<hex>.tar.gz` and return that path.
 

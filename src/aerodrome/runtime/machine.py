@@ -30,6 +30,7 @@ from aerodrome.secrets.values import SecretValue
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
 MAX_LINE = 16 * 1024  # a longer line is split; each piece is redacted
 DEFAULT_MEMORY = 512 * 1024 * 1024
 DEFAULT_OPEN_FILES = 1024
@@ -139,6 +140,10 @@ def _confine(memory_bytes: int, open_files: int, uid: int | None = None) -> Call
             os.setuid(uid)
             os.umask(0o077)
         libc = ctypes.CDLL(None, use_errno=True)
+        # Die with the agent (set after the uid change, which clears it): a machine never
+        # outlives the supervisor that holds its credential and its log pipe.
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             os._exit(126)
 

@@ -11,12 +11,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from aerodrome.api.authz import AppParam, AuthorizedRoute, Caller, requires
 from aerodrome.api.routes.secrets import release_view
 from aerodrome.errors import AeroError, InvalidInput, NotFound
 from aerodrome.platform import secrets as release_rules
-from aerodrome.runtime.artifact import Artifact, store_artifact
+from aerodrome.runtime.artifact import Artifact, app_artifacts, store_artifact, stored_artifact
 from aerodrome.runtime.config import load_config
 
 router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["deploys"])
@@ -33,14 +34,14 @@ class DeployBody(BaseModel):
 
 
 def artifacts_dir(caller: Caller) -> Path:
-    return caller.services.settings.data_dir / "artifacts"
+    assert caller.target.app is not None
+    return app_artifacts(caller.services.settings.data_dir, caller.target.app.id)
 
 
 def artifact_file(caller: Caller, digest: str) -> Path:
-    match = DIGEST.fullmatch(digest)
-    if match is None:
+    if DIGEST.fullmatch(digest) is None:
         raise InvalidInput(f"invalid artifact digest {digest[:80]!r}", hint="sha256:<64 hex>")
-    return artifacts_dir(caller) / "sha256" / f"{match.group(1)}.tar.gz"
+    return stored_artifact(artifacts_dir(caller), digest)
 
 
 @router.get("/apps/{app}/artifacts/{digest}")
@@ -77,7 +78,8 @@ async def upload_artifact(
                     )
                 out.write(chunk)
         candidate = Artifact(digest=digest, size=size, files=0, unpacked_bytes=0, path=Path(tmp))
-        stored = store_artifact(candidate, artifacts_dir(caller))  # checks the digest
+        # hashing and fsync of up to 256 MiB: off the event loop
+        stored = await run_in_threadpool(store_artifact, candidate, artifacts_dir(caller))
     finally:
         Path(tmp).unlink(missing_ok=True)
     with caller.services.store.write(caller.audit_context()) as tx:
