@@ -513,3 +513,48 @@ def test_a_restart_that_never_gets_healthy_marks_the_machine_failed_once(
         await agent.shutdown()
 
     asyncio.run(scenario())
+
+
+@sqlite_only
+def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credentials(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    release(services, tmp_path)
+    gone = Agent(services)  # stands for an agent killed without cleaning up
+
+    def live_credentials() -> int:
+        with services.store.read() as session:
+            rows = session.execute(select(Token).where(Token.kind == "machine")).scalars()
+            return sum(1 for row in rows if row.revoked_at is None)
+
+    async def scenario() -> None:
+        await settle(gone)
+        assert live_credentials() == 1 and len(machines(services)) == 1
+        Agent(services).forget_previous_run()
+        assert live_credentials() == 0  # what the old machine held opens nothing any more
+        assert machines(services) == [] and upstreams(services) == []
+        await gone.shutdown()
+
+    asyncio.run(scenario())
+
+
+@sqlite_only
+def test_a_release_whose_config_no_longer_parses_fails_alone(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    first = release(services, tmp_path)
+    agent = Agent(services)
+
+    async def scenario() -> None:
+        await settle(agent)
+        with services.store.write() as tx:  # e.g. written before a validation rule tightened
+            broken = release_rules.create_release(
+                tx, tx.session.merge(web), "deploy", config='app = "web"\nnope = 1\n'
+            ).number
+        await settle(agent)  # no exception out of the round
+        state, reason = status(services, broken)
+        assert state == "failed" and "nope" in reason
+        assert [r.release for r in agent.of_app(web.id)] == [first]
+        await agent.shutdown()
+
+    asyncio.run(scenario())
