@@ -25,12 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from aerodrome.certs.challenges import (
-    ACME_TLS_ALPN_PROTOCOL,
     HTTP01_PATH_PREFIX,
     Challenges,
     load_challenges,
 )
-from aerodrome.certs.sslctx import server_context
+from aerodrome.certs.sslctx import ACME_TLS_ALPN_PROTOCOL, server_context
 from aerodrome.services import Services
 
 HOW_TO_GET = (

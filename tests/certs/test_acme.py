@@ -14,9 +14,10 @@ from sqlalchemy import func, select
 
 from aerodrome.certs import store as cert_store
 from aerodrome.certs.acme_issuer import AcmeIssuer
-from aerodrome.certs.challenges import ACME_TLS_ALPN_PROTOCOL, HTTP01_PATH_PREFIX
+from aerodrome.certs.challenges import HTTP01_PATH_PREFIX
 from aerodrome.certs.issued import CertRequest, IssueError
 from aerodrome.certs.manager import CertManager, issue_now
+from aerodrome.certs.sslctx import ACME_TLS_ALPN_PROTOCOL
 from aerodrome.certs.store import account_key_context
 from aerodrome.secrets.seal import Sealed, unseal
 from aerodrome.services import Services

@@ -15,6 +15,7 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from aerodrome.edge.tls import TlsManager
 from aerodrome.platform.http_service import Cors, HttpService
 from tests.edge.support import EdgeHarness, start_edge
 
@@ -560,3 +561,12 @@ def test_a_client_that_does_not_read_cannot_grow_edge_memory(edge: EdgeHarness) 
     sock.close()
     assert blocked, f"sending to a client that never reads should block (sent {sent} MiB)"
     assert buffered < 4 * 1024 * 1024, f"the edge buffered {buffered} bytes"
+
+
+def test_one_unusable_certificate_costs_only_its_own_hostname(edge: EdgeHarness) -> None:
+    manager = TlsManager()
+    manager.update(
+        {"good.test.internal": edge.ca.issue("good.test.internal"),
+         "bad.test.internal": (b"not a certificate", b"not a key")},
+    )  # fmt: skip
+    assert set(manager._contexts) == {"good.test.internal"}

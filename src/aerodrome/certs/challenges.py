@@ -36,7 +36,6 @@ from aerodrome.store.models import AcmeChallenge, Certificate
 
 HTTP01 = "http-01"
 TLSALPN01 = "tls-alpn-01"
-ACME_TLS_ALPN_PROTOCOL = "acme-tls/1"
 HTTP01_PATH_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8737 section 6.1: id-pe-acmeIdentifier
 ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")

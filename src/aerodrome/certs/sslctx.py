@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+ACME_TLS_ALPN_PROTOCOL = "acme-tls/1"  # RFC 8737
+
 
 @contextlib.contextmanager
 def _memory_file(name: str, data: bytes) -> Iterator[str]:

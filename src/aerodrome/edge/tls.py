@@ -8,11 +8,14 @@ issuance), and neither does a client that sends no SNI. Keys are loaded from mem
 
 from __future__ import annotations
 
-import os
+import logging
 import ssl
 from collections.abc import Mapping
 
+from aerodrome.certs.sslctx import ACME_TLS_ALPN_PROTOCOL, load_cert_chain, server_context
 from aerodrome.edge import tickets
+
+log = logging.getLogger("aerodrome.edge")
 
 # TLS 1.2 suites: ECDHE key exchange, AEAD ciphers. TLS 1.3 suites are all AEAD already.
 TLS12_CIPHERS = ":".join(
@@ -25,7 +28,6 @@ TLS12_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
-ACME_TLS_ALPN = "acme-tls/1"
 
 
 def hardened_context() -> ssl.SSLContext:
@@ -42,20 +44,6 @@ def hardened_context() -> ssl.SSLContext:
     ctx.set_ecdh_curve("prime256v1")
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
-
-
-def _load_from_memory(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
-    """`load_cert_chain` reads files; give it anonymous memory files instead of disk."""
-    fds = []
-    try:
-        for data in (chain_pem, key_pem):
-            fd = os.memfd_create("aero-edge-tls", os.MFD_CLOEXEC)
-            os.write(fd, data)
-            fds.append(fd)
-        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 class TlsManager:
@@ -88,16 +76,22 @@ class TlsManager:
                 contexts[hostname] = existing
                 continue
             ctx = hardened_context()
-            _load_from_memory(ctx, *material)
+            try:
+                load_cert_chain(ctx, *material)
+            except (ssl.SSLError, ValueError) as error:
+                # One unusable certificate costs its own hostname, not every route update.
+                log.error("certificate of %s not loaded: %s", hostname, type(error).__name__)
+                continue
             contexts[hostname] = ctx
         names = {id(ctx): name for name, ctx in contexts.items()}
         alpn: dict[str, ssl.SSLContext] = {}
         for hostname, (cert_pem, key_pem) in (challenges or {}).items():
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            _load_from_memory(ctx, cert_pem, key_pem)
-            ctx.set_alpn_protocols([ACME_TLS_ALPN])
-            alpn[hostname] = ctx
+            try:
+                alpn[hostname] = server_context(cert_pem, key_pem, [ACME_TLS_ALPN_PROTOCOL])
+            except (ssl.SSLError, ValueError) as error:
+                log.error(
+                    "challenge certificate of %s not loaded: %s", hostname, type(error).__name__
+                )
         self._contexts, self._names, self._challenges = contexts, names, alpn
         self._loaded = dict(certificates)
         self.ticket_epoch = -1
