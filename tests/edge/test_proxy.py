@@ -501,9 +501,13 @@ def test_access_log_has_no_query_strings_or_credentials(edge: EdgeHarness) -> No
         "/logged?token=sekrit",
         headers={"Authorization": "Bearer sekrit", "Cookie": "s=sekrit"},
     )
+    name = host(edge, "web")
+    raw_exchange(  # absolute-form, with credentials in its authority
+        edge, f"GET https://user:sekrit@{name}/absolute HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
+    )
     edge.worker.access_log.flush()
     log = (edge.snapshot["tmp"] / "access.log").read_text()
-    assert '"path": "/logged"' in log
+    assert '"path": "/logged"' in log and '"path": "/absolute"' in log
     assert "sekrit" not in log
     line = json.loads(log.strip().splitlines()[-1])
     assert line["status"] == 200 and line["app"] == "web" and line["tls"] is True

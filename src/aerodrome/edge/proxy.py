@@ -303,8 +303,6 @@ class EdgeProtocol(asyncio.Protocol):
             if ex.host:
                 ex.error = (400, "more than one Host header")
             ex.host = value
-        elif kind == _ORIGIN:
-            ex.origin = value
         elif kind == _TRANSFER_ENCODING:  # hop-by-hop: re-framed, never relayed
             if value.strip().lower() != b"chunked":
                 ex.error = (501, "only the chunked transfer coding is supported")

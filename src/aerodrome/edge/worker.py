@@ -140,6 +140,8 @@ class Worker:
         # the query string is dropped (it may carry credentials). The method is one llhttp
         # accepted (letters only); the rest is the edge's own.
         raw_path = ex.url.split(b"?", 1)[0]
+        if not raw_path.startswith(b"/"):  # absolute-form: no scheme://user:pass@host
+            raw_path = b"/" + raw_path.partition(b"://")[2].partition(b"/")[2]
         path = (
             b'"%b"' % raw_path
             if _PLAIN_PATH.fullmatch(raw_path)
