@@ -54,6 +54,9 @@ class Page:
 class LogStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # The writer's current segment per app and its size: appending a line costs one open
+        # and one write, not a directory listing (the agent appends from its event loop).
+        self._open_segment: dict[str, tuple[Path, int]] = {}
 
     def _dir(self, app_id: str) -> Path:
         if not _APP_ID.fullmatch(app_id):  # the id becomes a path: nothing else gets in
@@ -67,13 +70,11 @@ class LogStore:
         return sorted(p for p in directory.iterdir() if _SEGMENT.fullmatch(p.name))
 
     def append(self, app_id: str, line: LogLine, region: str) -> None:
-        directory = self._dir(app_id)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        segments = self._segments(app_id)
-        current = segments[-1] if segments else directory / f"{1:08d}.jsonl"
-        if current.exists() and current.stat().st_size >= SEGMENT_BYTES:
-            number = int(current.name[:8]) + 1
-            current = directory / f"{number:08d}.jsonl"
+        current, size = self._open_segment.get(app_id, (None, SEGMENT_BYTES))
+        rolled = current is None or size >= SEGMENT_BYTES
+        if rolled:
+            current, size = self._segment_for_writing(app_id)
+        assert current is not None
         record = json.dumps(
             {
                 "t": line.time,
@@ -84,13 +85,25 @@ class LogStore:
             },
             ensure_ascii=False,
         )
+        data = (record + "\n").encode()
         fd = os.open(current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, (record + "\n").encode())
+            os.write(fd, data)
         finally:
             os.close(fd)
-        if current not in segments:
+        self._open_segment[app_id] = (current, size + len(data))
+        if rolled:
             self._prune(app_id)
+
+    def _segment_for_writing(self, app_id: str) -> tuple[Path, int]:
+        directory = self._dir(app_id)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        segments = self._segments(app_id)
+        current = segments[-1] if segments else directory / f"{1:08d}.jsonl"
+        size = current.stat().st_size if current.exists() else 0
+        if size >= SEGMENT_BYTES:
+            current, size = directory / f"{int(current.name[:8]) + 1:08d}.jsonl", 0
+        return current, size
 
     def _prune(self, app_id: str, now: float | None = None) -> None:
         now = now or time.time()
