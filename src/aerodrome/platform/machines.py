@@ -55,6 +55,9 @@ def report(
     moved = (state is not None and state != row.state) or (
         health is not None and health != row.health
     )
+    same_address = address is None or (address or None) == row.address
+    if not moved and same_address and (reason is None or reason[:300] == row.reason):
+        return row  # nothing to write: no revision for the edge and the agent to wake on
     row.state = state or row.state
     row.health = health or row.health
     if address is not None:

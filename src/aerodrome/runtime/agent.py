@@ -208,8 +208,7 @@ class Agent:
             self._spawn(app_id, self._discard_app(app_id))  # the app or its code is gone
         for app, release in wanted:
             if app.id in self._tasks:
-                self._revision = -1  # look again once that work is done
-                continue
+                continue  # looked at again when that work is done (`_finished`)
             mine = self.of_app(app.id)
             try:
                 config = load_config(release.config or "")
@@ -240,8 +239,8 @@ class Agent:
         task.add_done_callback(self._finished)
         self._tasks[app_id] = task
 
-    @staticmethod
-    def _finished(task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._revision = -1  # the next round looks at the store again
         if not task.cancelled() and task.exception() is not None:
             log.error("agent task failed", exc_info=task.exception())
 
