@@ -21,6 +21,8 @@ from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import tokens as token_records
 from aerodrome.services import Services
 from aerodrome.tokens.mint import Scope
+from tests.certs.pebble import HOW_TO_GET as PEBBLE_HOW_TO_GET
+from tests.certs.pebble import Pebble, find_pebble
 from tests.postgres import HOW_TO_GET, PostgresServer, find_bindir
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -42,6 +44,20 @@ def postgres() -> Iterator[PostgresServer]:
     if bindir is None:
         pytest.skip(HOW_TO_GET)
     server = PostgresServer(bindir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pebble() -> Iterator[Pebble]:
+    """One ACME test server for the whole session (tests/certs and the CLI's edge tests)."""
+    binaries = find_pebble()
+    if binaries is None:
+        pytest.skip(PEBBLE_HOW_TO_GET)
+    server = Pebble(binaries)
     server.start()
     try:
         yield server

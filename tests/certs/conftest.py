@@ -3,6 +3,7 @@ Pebble (a real ACME server) and the challenge responder, and a dump of everythin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,20 +16,15 @@ from aerodrome.platform import apps as app_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.services import Services
 from aerodrome.store.models import App, Base, Org
-from tests.certs.pebble import HOW_TO_GET, ChallengeResponder, Pebble, find_pebble
+from tests.certs.pebble import ChallengeResponder, Pebble
 
 DOMAIN = "aero.test"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    base = Settings.from_env(tmp_path / "data")
-    return Settings(
-        data_dir=base.data_dir,
-        database_url=database_url,
-        root_key_file=base.root_key_file,
-        domain=DOMAIN,
-    )
+def settings(settings: Settings) -> Settings:
+    """The shared settings, on the certificate tests' domain."""
+    return dataclasses.replace(settings, domain=DOMAIN)
 
 
 def make_app(services: Services, name: str, org_slug: str = "acme") -> App:
@@ -66,19 +62,6 @@ def pem_forms(pem: bytes) -> list[bytes]:
     lines = [line for line in pem.splitlines() if line and not line.startswith(b"-----")]
     body = b"".join(lines)
     return [pem, body, *lines, base64.b64decode(body)]
-
-
-@pytest.fixture(scope="session")
-def pebble() -> Iterator[Pebble]:
-    binaries = find_pebble()
-    if binaries is None:
-        pytest.skip(HOW_TO_GET)
-    server = Pebble(binaries)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

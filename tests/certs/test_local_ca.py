@@ -132,6 +132,7 @@ def test_ca_keys_are_derived_and_never_written(
 ) -> None:
     ca.issue_for("web.aero.test")
     stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert b"BEGIN CERTIFICATE" in stored  # the CA did write here: the search below means something
     for label in (ROOT_KEY_LABEL, INTERMEDIATE_KEY_LABEL):
         key = derive_ca_key(root_secret, label)
         assert derive_ca_key(root_secret, label).private_numbers() == key.private_numbers()

@@ -17,7 +17,6 @@ import pytest
 
 from aerodrome.runtime.agent import free_port
 from aerodrome.up import read_env_file as read_env
-from tests.certs.conftest import pebble  # noqa: F401  (the fixture, for test_edge_e2e)
 
 AERO = [sys.executable, "-m", "aerodrome.cli.main"]
 

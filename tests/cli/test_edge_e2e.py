@@ -44,6 +44,9 @@ def upstream() -> Iterator[tuple[int, int]]:
             break
         except OSError:
             time.sleep(0.1)
+    else:
+        process.terminate()
+        pytest.fail("the test upstreams did not start in 20 s")
     yield http_port, ws_port
     process.terminate()
     process.wait(10)
@@ -62,6 +65,8 @@ def served(platform: Platform, upstream: tuple[int, int]) -> Platform:
         if certs and certs[0]["status"] == "issued":
             break
         time.sleep(0.2)
+    else:
+        pytest.fail(f"edge-ws has no issued certificate after 30 s: {certs}")
     time.sleep(1.0)  # the edge's next poll
     return platform
 
