@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 
 PREFIXES = frozenset(
@@ -35,3 +36,13 @@ def new_id(prefix: str) -> str:
 
 def has_prefix(value: str, prefix: str) -> bool:
     return value.startswith(prefix + "_") and len(value) == len(prefix) + 25
+
+
+def id_pattern(prefix: str) -> re.Pattern[str]:
+    """What `new_id(prefix)` makes, for checking input (`fullmatch`) or finding one (`search`)."""
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown id prefix {prefix!r}")
+    return re.compile(rf"{prefix}_[a-z2-7]{{24}}")
+
+
+MACHINE_ID = id_pattern("mch")

@@ -304,9 +304,16 @@ def _component_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def wait_for_https(url_host: str, port: int, ca_file: Path | None, timeout: float = 60.0) -> bool:
-    """True once `https://url_host:port/v1/health` answers 200 through the edge with a
-    certificate `ca_file` (None: the system's roots) vouches for."""
+def wait_for_https(
+    url_host: str,
+    port: int,
+    ca_file: Path | None,
+    timeout: float = 60.0,
+    address: str = "127.0.0.1",
+) -> bool:
+    """True once `https://url_host:port/v1/health` answers 200 through the edge (reached at
+    `address`) with a certificate `ca_file` (None: the system's roots) vouches for."""
+    target = f"[{address}]" if ":" in address else address
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ca_file is None or ca_file.exists():
@@ -314,7 +321,7 @@ def wait_for_https(url_host: str, port: int, ca_file: Path | None, timeout: floa
                 trust = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
                 with httpx.Client(verify=trust, timeout=2.0) as client:
                     response = client.get(
-                        f"https://127.0.0.1:{port}/v1/health",
+                        f"https://{target}:{port}/v1/health",
                         headers={"host": f"{url_host}:{port}"},
                         extensions={"sni_hostname": url_host},
                     )

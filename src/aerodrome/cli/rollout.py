@@ -3,7 +3,6 @@ rollbacks (`aero releases rollback`, `aero deploy --rollback`) and secrets chang
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -14,8 +13,8 @@ from rich.markup import escape
 from aerodrome.cli.client import Client
 from aerodrome.cli.output import console, emit_json, err_console
 from aerodrome.errors import AeroError
+from aerodrome.ids import MACHINE_ID
 
-MACHINE_ID = re.compile(r"mch_[a-z2-7]{24}")
 WAIT = 300.0  # seconds a release may take to serve before the CLI gives up waiting
 DetachOpt = Annotated[bool, typer.Option("--detach", help="Return once the release exists.")]
 WaitOpt = Annotated[

@@ -59,10 +59,7 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
 
 def _report(data: dict[str, Any], json_mode: bool, app_name: str, detach: bool = True) -> None:
     if json_mode:
-        _rollout(data, app_name, detach)
-        emit_json(data)
-        if (data.get("rollout") or {}).get("status") == "failed":
-            raise typer.Exit(1)
+        _emit_after_rollout(data, app_name, detach)
         return
     rows = [{**r, "result": "set" if r["changed"] else "unchanged"} for r in data["secrets"]]
     table(
@@ -73,13 +70,16 @@ def _report(data: dict[str, Any], json_mode: bool, app_name: str, detach: bool =
     _release_line(data, app_name, detach)
 
 
-def _rollout(data: dict[str, Any], app_name: str, detach: bool) -> None:
-    """A release with code to run restarts the app's machines one at a time with the new
-    values; unless `--detach`, wait for that (`data["rollout"]`: the release as it ended)."""
+def _emit_after_rollout(data: dict[str, Any], app_name: str, detach: bool) -> None:
+    """`--json`: a release with code to run restarts the app's machines one at a time with
+    the new values; unless `--detach`, wait for that (`rollout`: the release as it ended),
+    print, and exit 1 if it failed."""
     release = data.get("release")
-    if detach or not release or release.get("status") != "pending":
-        return
-    data["rollout"] = wait(client(), app_name, release["number"], timeout=WAIT, show=False)
+    if not detach and release and release.get("status") == "pending":
+        data["rollout"] = wait(client(), app_name, release["number"], timeout=WAIT, show=False)
+    emit_json(data)
+    if (data.get("rollout") or {}).get("status") == "failed":
+        raise typer.Exit(1)
 
 
 def _release_line(data: dict[str, Any], app_name: str, detach: bool = True) -> None:
@@ -151,8 +151,7 @@ def unset(
         f"/v1/apps/{app_name}/secrets/unset", json={"names": names, "stage": stage}
     )
     if json_mode:
-        _rollout(data, app_name, detach)
-        emit_json(data)
+        _emit_after_rollout(data, app_name, detach)
         return
     console.print(f"unset {', '.join(data['unset'])}", highlight=False)
     _release_line(data, app_name, detach)
@@ -182,8 +181,7 @@ def deploy(app_name: AppOpt, detach: DetachOpt = False, json_mode: JsonFlag = Fa
     """Release the staged secret changes."""
     data = client().post(f"/v1/apps/{app_name}/secrets/deploy")
     if json_mode:
-        _rollout(data, app_name, detach)
-        emit_json(data)
+        _emit_after_rollout(data, app_name, detach)
     elif data["release"] is None:
         console.print("nothing staged: the latest release already carries every secret")
     else:

@@ -154,7 +154,9 @@ def up(
         with console.status("starting the API, the certificate manager and the edge…"):
             supervisor.start_all()
         with console.status(f"waiting for the certificate of {api_host}…"):
-            if not supervisor.stopping and not wait_for_https(api_host, https_port, ca_root):
+            if not supervisor.stopping and not wait_for_https(
+                api_host, https_port, ca_root, address=loopback(edge_host)
+            ):
                 raise AeroError(
                     f"the API did not answer at https://{api_host}:{https_port} in time",
                     hint=f"see {log_dir / 'certs.log'} and {log_dir / 'edge.log'}",

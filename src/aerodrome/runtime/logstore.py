@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from aerodrome.ids import id_pattern
 from aerodrome.runtime.machine import LogLine
 
 SEGMENT_BYTES = 4 * 1024 * 1024
@@ -22,7 +23,7 @@ MAX_SEGMENTS = 8  # 32 MiB per app at most
 RETENTION = 7 * 24 * 3600.0
 STRIDE = 10_000_000  # seq = segment number * STRIDE + line; a segment holds far fewer lines
 _SEGMENT = re.compile(r"(\d{8})\.jsonl")
-_APP_ID = re.compile(r"app_[a-z2-7]{24}")
+_APP_ID = id_pattern("app")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ same directory.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +16,11 @@ from starlette.concurrency import run_in_threadpool
 
 from aerodrome.api.authz import AppParam, AuthorizedRoute, Caller, requires
 from aerodrome.errors import InvalidInput
+from aerodrome.ids import MACHINE_ID
 from aerodrome.runtime.logstore import LogStore, Page, StoredLine
 
 router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["logs"])
 
-MACHINE_ID = re.compile(r"mch_[a-z2-7]{24}")
 MAX_LIMIT = 1000
 MAX_WAIT = 25.0  # below the CLI's 30 s timeout and common proxies' idle timeouts
 POLL = 0.25

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -11,13 +10,13 @@ from aerodrome.api.authz import AppParam, AuthorizedRoute, Caller, requires
 from aerodrome.api.routes.secrets import release_view
 from aerodrome.api.views import iso
 from aerodrome.errors import InvalidInput, NotFound
+from aerodrome.ids import MACHINE_ID
 from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime.config import load_config
 from aerodrome.store.models import Machine
 
 router = APIRouter(prefix="/v1", route_class=AuthorizedRoute, tags=["machines"])
-MACHINE_ID = re.compile(r"mch_[a-z2-7]{24}")
 
 
 def machine_view(row: Machine) -> dict[str, Any]:
