@@ -8,13 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, confirm, console, emit_json, record, table
+from aerodrome.cli.output import AppOpt, JsonFlag, confirm, console, emit_json, record, table
 
 app = typer.Typer(
     help="Manage an app's TLS certificates and custom hostnames.", no_args_is_help=True
 )
 
-AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 HostArg = Annotated[str, typer.Argument(help="A DNS name, e.g. www.example.com.")]
 
 COLUMNS = [

@@ -7,10 +7,9 @@ from typing import Annotated
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, console, emit_json, table
+from aerodrome.cli.output import AppOpt, JsonFlag, console, emit_json, table
 
 app = typer.Typer(help="List, stop, start and restart an app's machines.", no_args_is_help=True)
-AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 MachineArg = Annotated[str, typer.Argument(help="Machine id (mch_…).")]
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from aerodrome.errors import AeroError
 
 JsonFlag = Annotated[bool, typer.Option("--json", "-j", help="Print machine-readable JSON.")]
+AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 
 # Piped output is for scripts and logs: never wrap or truncate it to a guessed width.
 console = Console(width=None if sys.stdout.isatty() else 240)

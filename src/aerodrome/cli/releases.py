@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, console, emit_json, record, table
+from aerodrome.cli.output import AppOpt, JsonFlag, console, emit_json, record, table
 from aerodrome.cli.rollout import WAIT, DetachOpt, WaitOpt, roll_back
 
 app = typer.Typer(help="List, show and roll back an app's releases.", invoke_without_command=True)
@@ -42,7 +42,6 @@ def releases(
     )
 
 
-AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 NumberArg = Annotated[int, typer.Argument(help="Release number (see `aero releases -a APP`).")]
 
 

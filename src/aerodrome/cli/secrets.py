@@ -10,7 +10,7 @@ import typer
 from dotenv import dotenv_values
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, console, emit_json, err_console, table
+from aerodrome.cli.output import AppOpt, JsonFlag, console, emit_json, err_console, table
 from aerodrome.cli.rollout import WAIT, follow, wait
 from aerodrome.errors import InvalidInput
 
@@ -18,7 +18,6 @@ app = typer.Typer(
     help="Manage an app's secrets (write-only: values are never shown).", no_args_is_help=True
 )
 
-AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 StageOpt = Annotated[
     bool, typer.Option("--stage", help="Store now; deploy later with `aero secrets deploy`.")
 ]

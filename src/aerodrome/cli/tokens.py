@@ -11,7 +11,7 @@ import typer
 
 from aerodrome.cli.client import read_token_input
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, console, emit_json, err_console, record, table
+from aerodrome.cli.output import AppOpt, JsonFlag, console, emit_json, err_console, record, table
 from aerodrome.durations import format_duration, parse_duration
 from aerodrome.errors import AeroError, InvalidInput
 from aerodrome.tokens.actions import DEFAULT_EXPIRY
@@ -23,7 +23,6 @@ app = typer.Typer(help="Mint, list, revoke, attenuate and inspect tokens.", no_a
 create = typer.Typer(help="Mint a new token.", no_args_is_help=True)
 app.add_typer(create, name="create")
 
-AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 OrgOpt = Annotated[str, typer.Option("--org", "-o", help="Org slug or id.")]
 NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="A name to recognise it by.")]
 

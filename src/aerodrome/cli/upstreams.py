@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, console, emit_json, record, table
+from aerodrome.cli.output import AppOpt, JsonFlag, console, emit_json, record, table
 from aerodrome.errors import InvalidInput
 
 app = typer.Typer(help="Register the addresses the edge routes an app to.", no_args_is_help=True)
@@ -17,7 +17,6 @@ http_app = typer.Typer(
     help="Show or set an app's HTTP service settings (HTTPS, HSTS, CORS, limits).",
     no_args_is_help=True,
 )
-AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 
 
 @app.command("list")
