@@ -23,6 +23,8 @@ from sqlalchemy import event, func, select
 from aerodrome.api.authz import PUBLIC, declared
 from aerodrome.api.routes.secrets import SecretsSet
 from aerodrome.errors import AeroError
+from aerodrome.platform import apps as app_rules
+from aerodrome.platform import machines as machine_rules
 from aerodrome.platform.secrets import MAX_TOTAL, MAX_VALUE
 from aerodrome.secrets.machine import unseal_for_machine
 from aerodrome.store.models import AuditEvent, Release, SecretVersion
@@ -777,3 +779,24 @@ def test_setting_an_unchanged_value_leaves_an_audit_event(world: World) -> None:
     assert len(events) == before + 1
     assert json.loads(events[-1].detail)["unchanged"] is True
     assert b"v1-value" not in audit_text(world)
+
+
+def test_a_recorded_machine_unseals_only_the_release_it_runs(world: World) -> None:
+    admin = world.tokens["acme.admin"]
+    ok(world.call("POST", SECRETS, admin, json={"values": {"ROTATED": "old-value-1"}}))
+    ok(world.call("POST", SECRETS, admin, json={"values": {"ROTATED": "new-value-2"}}))
+    old, new = sorted(r["number"] for r in releases(world))[-2:]
+    with world.services.store.write() as tx:
+        app = app_rules.get_app(tx.session, "acme-web")
+        machine_rules.create_machine(tx, app, MACHINE, new, "local")
+    assert unseal(world, new)["ROTATED"] == b"new-value-2"
+    with pytest.raises(AeroError) as refused:
+        unseal(world, old)  # the rotated-out value stays out of reach
+    assert refused.value.code == "wrong_release"
+    with world.services.store.read() as session:
+        last = session.query(AuditEvent).order_by(AuditEvent.seq.desc()).first()
+    assert last is not None and (last.action, last.outcome, last.reason) == (
+        "secrets.unseal",
+        "denied",
+        "wrong_release",
+    )

@@ -11,7 +11,7 @@ from aerodrome.platform import secrets as secret_rules
 from aerodrome.secrets.values import SecretValue
 from aerodrome.services import Services
 from aerodrome.store.db import Audit
-from aerodrome.store.models import Org
+from aerodrome.store.models import Machine, Org
 from aerodrome.tokens.verify import Decision
 
 
@@ -56,6 +56,16 @@ def unseal_for_machine(
                 machine_id=machine_id,
             )
             refusal = None if decision.allowed else decision
+            recorded = session.get(Machine, machine_id)
+            if refusal is None and recorded is not None and recorded.release != release_number:
+                # A machine the runtime recorded unseals the release it runs, no other: its
+                # credential cannot reach values rotated out of older releases.
+                refusal = Decision(
+                    False,
+                    "wrong_release",
+                    f"machine {machine_id} runs release {recorded.release}, not {release_number}",
+                    "a machine unseals only the secrets of its own release",
+                )
         if refusal is None:
             release = secret_rules.get_release(session, app, release_number)
             values = secret_rules.unseal_release(session, services.keyring(session), app, release)
