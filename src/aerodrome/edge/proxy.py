@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -170,8 +170,8 @@ class EdgeProtocol(asyncio.Protocol):
     # -- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are duck-typed
-        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.transport = stream = cast(asyncio.Transport, transport)  # uvloop's: duck-typed
+        stream.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self.trusted_peer = self.client_ip in self.config.trusted_proxies
