@@ -132,7 +132,11 @@ class Exchange:
         self.retried = False
 
 
-class EdgeProtocol(asyncio.Protocol):
+class EdgeProtocol:
+    """An `asyncio.Protocol` by its methods (uvloop calls them by name), not by inheritance:
+    a class without a Python base compiles to a native one (see `native`), whose attributes
+    are C struct fields instead of dictionary entries."""
+
     def __init__(self, worker: Worker, tls: bool) -> None:
         self.worker = worker
         self.config = worker.config
@@ -142,6 +146,7 @@ class EdgeProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
+        self.client_label = b""  # client_ip as the access log writes it
         self.sni: str | None = None
         self.trusted_peer = False
         self.current: Exchange | None = None  # being parsed
@@ -174,6 +179,7 @@ class EdgeProtocol(asyncio.Protocol):
         stream.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
+        self.client_label = self.client_ip.encode()
         self.trusted_peer = self.client_ip in self.config.trusted_proxies
         if self.tls:
             sslobj = transport.get_extra_info("ssl_object")
@@ -285,13 +291,13 @@ class EdgeProtocol(asyncio.Protocol):
         lower = name.lower()
         kind = SPECIAL_HEADERS.get(lower)
         if kind is None:
-            ex.head.append(b"%b: %b\r\n" % (lower, value))
+            ex.head += (lower, b": ", value, b"\r\n")
         elif kind == _HOST and not ex.host:  # the usual ones inline, the rest in a call
             ex.host = value
-            ex.head.append(b"%b: %b\r\n" % (lower, value))
+            ex.head += (lower, b": ", value, b"\r\n")
         elif kind == _ORIGIN:
             ex.origin = value
-            ex.head.append(b"%b: %b\r\n" % (lower, value))
+            ex.head += (lower, b": ", value, b"\r\n")
         else:
             self._special_header(ex, kind, lower, value)
         ex.header_size += len(name) + len(value) + 4
@@ -328,7 +334,7 @@ class EdgeProtocol(asyncio.Protocol):
             ex.ac_request_method = value  # the first one counts
         elif kind == _AC_REQUEST_HEADERS and ex.ac_request_headers is None:
             ex.ac_request_headers = value
-        ex.head.append(b"%b: %b\r\n" % (name, value))
+        ex.head += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.current
@@ -528,7 +534,7 @@ class EdgeProtocol(asyncio.Protocol):
     def _forwarded_parts(self) -> tuple[bytes, bytes]:
         """What the forwarding headers say about this connection, rendered once: the parts
         around X-Forwarded-Host and Aero-Request-Id, which change per request."""
-        ip = self.client_ip.encode()
+        ip = self.client_label
         proto = b"https" if self.tls else b"http"
         return (
             b"%b\r\nx-forwarded-proto: %b\r\nx-forwarded-host: " % (ip, proto),
@@ -555,21 +561,22 @@ class EdgeProtocol(asyncio.Protocol):
             return  # interim responses (100 Continue) are not relayed
         ex.status = status
         ex.response_started = True
-        parts = [STATUS_LINES.get(status) or status_line(status), *head]
+        out = self.out  # the head goes out with the body read with it, in one write
+        out.append(STATUS_LINES.get(status) or status_line(status))
+        out += head
         if status == 101:
-            parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
+            out.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
         elif ex.keep_alive and (
             chunked
             or not (has_length or status in (204, 304) or ex.method == b"HEAD" or status < 200)
         ):
             ex.out_chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
+            out.append(b"transfer-encoding: chunked\r\n")
             # else: close-delimited body for an HTTP/1.0 client
         if not ex.keep_alive and status != 101:
-            parts.append(b"connection: close\r\n")
-        self._our_headers(ex, parts)
-        parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+            out.append(b"connection: close\r\n")
+        self._our_headers(ex, out)
+        out.append(b"\r\n")
 
     def response_body(self, body: bytes) -> None:
         ex = self.active
@@ -803,7 +810,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _log(self, ex: Exchange, websocket: bool = False) -> None:
         route = ex.route
-        self.worker.record(ex, route.app if route else "-", self.client_ip, self.tls, websocket)
+        self.worker.record(ex, route.app if route else "-", self.client_label, self.tls, websocket)
 
     def _write(self, data: bytes) -> None:
         """Queue bytes for the client; `flush` sends them as one TLS record where it can."""

@@ -37,7 +37,7 @@ HOP_BY_HOP = frozenset(
 )
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtocol
     __slots__ = (
         "address",
         "chunked",
@@ -63,7 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.client: EdgeProtocol | None = None
         self.tunnel: EdgeProtocol | None = None
         # The response's header lines as they will be relayed (hop-by-hop ones left out),
-        # rendered while parsing so the client side only joins them.
+        # as the pieces the client side joins into its next write.
         self.head: list[bytes] = []
         self.has_length = False
         self.closed = False
@@ -114,6 +114,9 @@ class UpstreamConnection(asyncio.Protocol):
             client, self.client = self.client, None
             client.upstream_failed(self, 502, "the app closed the connection")
 
+    def eof_received(self) -> bool | None:
+        return None  # the upstream is done sending: close (a tunnel's client side follows)
+
     def pause_writing(self) -> None:
         peer = self.tunnel or self.client
         if peer is not None:
@@ -136,7 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if lower == b"content-length":
             self.has_length = True
-        self.head.append(b"%b: %b\r\n" % (lower, value))
+        self.head += (lower, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -197,7 +200,9 @@ class Splice(asyncio.Protocol):
 
     __slots__ = ("data_received", "owner")
 
-    def __init__(self, write: Callable[[bytes], object], owner: asyncio.Protocol) -> None:
+    def __init__(
+        self, write: Callable[[bytes], object], owner: EdgeProtocol | UpstreamConnection
+    ) -> None:
         self.data_received = write  # type: ignore[method-assign, assignment]
         self.owner = owner
 
@@ -244,12 +249,12 @@ class UpstreamPool:
         return None
 
     async def connect(self, address: Address) -> UpstreamConnection:
-        _, protocol = await asyncio.wait_for(
-            self.loop.create_connection(lambda: UpstreamConnection(self, address), *address),
+        conn = UpstreamConnection(self, address)
+        await asyncio.wait_for(
+            self.loop.create_connection(lambda: cast(asyncio.Protocol, conn), *address),
             self.connect_timeout,
         )
-        assert isinstance(protocol, UpstreamConnection)
-        return protocol
+        return conn
 
     def release(self, conn: UpstreamConnection) -> None:
         idle = self.idle[conn.address]

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aerodrome.edge.proxy import EdgeProtocol
 from aerodrome.edge.routes import EdgeConfig, RouteTable
@@ -89,6 +89,20 @@ class AccessLog:
                 os.close(fd)
 
 
+def log_path(url: bytes) -> bytes:
+    """A request target as the access log shows it: a JSON string of its path alone.
+
+    The query string is dropped (it may carry credentials); so is an absolute-form target's
+    scheme://user:password@host. Only the path can hold arbitrary text, so only it goes
+    through the JSON encoder."""
+    raw_path = url.split(b"?", 1)[0]
+    if not raw_path.startswith(b"/"):
+        raw_path = b"/" + raw_path.partition(b"://")[2].partition(b"/")[2]
+    if _PLAIN_PATH.fullmatch(raw_path):
+        return b'"%b"' % raw_path
+    return json.dumps(raw_path.decode("latin-1")).encode()
+
+
 class Worker:
     def __init__(
         self,
@@ -119,6 +133,10 @@ class Worker:
         self._rid_prefix = new_id("req")[4:18].encode()
         self._stamp_second = 0
         self._stamp = b""
+        # Wall-clock seconds from the monotonic clock the request times already use: one
+        # clock read per request. Re-read each second, so a clock step shows within one.
+        self._wall_offset = time.time() - time.monotonic()
+        self._paths: dict[bytes, bytes] = {}  # request target -> its access-log rendering
         self._tasks: list[asyncio.Task[None]] = []
 
     def request_id(self) -> bytes:
@@ -127,26 +145,22 @@ class Worker:
         self._requests += 1
         return b"req_%b%010x" % (self._rid_prefix, self._requests)
 
-    def record(self, ex: Exchange, app: str, client_ip: str, tls: bool, websocket: bool) -> None:
-        elapsed = time.monotonic() - ex.started
+    def record(self, ex: Exchange, app: str, client_ip: bytes, tls: bool, websocket: bool) -> None:
+        now = time.monotonic()
+        elapsed = now - ex.started
         self.metrics.observe(app, ex.status, elapsed)
         if self.access_log.path is None:
             return
-        now = int(time.time())
-        if now != self._stamp_second:
-            self._stamp_second = now
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)).encode()
-        # Only the path can hold arbitrary text, so only it goes through the JSON encoder;
-        # the query string is dropped (it may carry credentials). The method is one llhttp
-        # accepted (letters only); the rest is the edge's own.
-        raw_path = ex.url.split(b"?", 1)[0]
-        if not raw_path.startswith(b"/"):  # absolute-form: no scheme://user:pass@host
-            raw_path = b"/" + raw_path.partition(b"://")[2].partition(b"/")[2]
-        path = (
-            b'"%b"' % raw_path
-            if _PLAIN_PATH.fullmatch(raw_path)
-            else json.dumps(raw_path.decode("latin-1")).encode()
-        )
+        second = int(now + self._wall_offset)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)).encode()
+        url = ex.url
+        path = self._paths.get(url)
+        if path is None:
+            path = self._paths[url] = log_path(url)
+            if len(self._paths) > 1024:  # keep-alive clients repeat their URLs; others don't
+                self._paths.clear()
         self.access_log.add(
             b'{"time": "%b", "request_id": "%b", "app": "%b", "method": "%b", "path": %b, '
             b'"status": %d, "bytes": %d, "ms": %.3f, "client_ip": "%b", "tls": %b, '
@@ -160,7 +174,7 @@ class Worker:
                 ex.status,
                 ex.out_bytes,
                 elapsed * 1000,
-                client_ip.encode(),
+                client_ip,
                 _JSON_BOOL[tls],
                 _JSON_BOOL[websocket],
             )
@@ -188,6 +202,7 @@ class Worker:
     async def _publish(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            self._wall_offset = time.time() - time.monotonic()
             self.access_log.flush()
             self.tls.rotate_tickets()
             if self.stats_file is not None:
@@ -201,7 +216,7 @@ class Worker:
             if not port:
                 continue
             server = await self.loop.create_server(
-                lambda tls=tls: EdgeProtocol(self, tls),
+                lambda tls=tls: cast(asyncio.Protocol, EdgeProtocol(self, tls)),
                 sock=listening_socket(host, port),
                 ssl=self.tls.default if tls else None,
                 ssl_handshake_timeout=10.0 if tls else None,
