@@ -68,6 +68,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from aerodrome.edge.native import compiled_dir
 from aerodrome.edge.tls import TLS12_CIPHERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1414,7 +1415,16 @@ def tool_versions() -> dict[str, str]:
         "websockets": version("websockets"),
         "httptools": version("httptools"),
         "cryptography": version("cryptography"),
+        "edge build": edge_build(),
     }
+
+
+def edge_build() -> str:
+    """How the edge's request path runs in this checkout (the edge process imports the same
+    sources with the same interpreter)."""
+    if compiled_dir() is None:
+        return "Python (no compiled build matches the sources: python -m aerodrome.edge.build)"
+    return f"compiled with mypyc {version('mypy')} (aerodrome.edge.native)"
 
 
 def method_text(bench: Bench, machine: Machine, tools: dict[str, str]) -> str:
@@ -1444,7 +1454,7 @@ def method_text(bench: Bench, machine: Machine, tools: dict[str, str]) -> str:
         f"Tools: nginx {tools['nginx']}, {tools['wrk']}, {tools['openssl']} (s_time), Python "
         f"{tools['python']} with {tools['python ssl']}, uvloop {tools['uvloop']}, websockets "
         f"{tools['websockets']}, httptools {tools['httptools']}, cryptography "
-        f"{tools['cryptography']}. "
+        f"{tools['cryptography']}. The edge's request path ran {tools['edge build']}. "
         f"Both proxies: {bench.args.workers} worker processes (SO_REUSEPORT listeners), ECDSA "
         f"P-256 certificates from one throwaway CA, TLS 1.2/1.3 with the edge's TLS 1.2 "
         f"suites, P-256 key exchange, session tickets on (nginx also `ssl_session_cache "
@@ -1564,6 +1574,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     log(f"plan: {'quick' if args.quick else 'full'}, about {plan.estimate():.0f}s")
+    log(f"edge: request path {edge_build()}")
     started = time.monotonic()
     load_start = os.getloadavg()
     busy0, total0 = machine_busy()
