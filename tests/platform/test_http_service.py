@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aerodrome.edge.routes import EdgeConfig, compile_routes
+from aerodrome.edge.routes import EdgeConfig
+from aerodrome.edge.state import compile_routes
 from aerodrome.errors import InvalidInput
 from aerodrome.platform.http_service import parse_address, parse_http_service
 from tests.conftest import World

@@ -1,20 +1,16 @@
-"""The route table: compiled from the store once per revision, swapped atomically.
+"""The route table: built from the store once per revision (`state.compile_routes`), or
+from a static file, and swapped atomically.
 
 Connections hold a reference to the table they started with only for the request at hand;
-each new request reads `RouteTable.current`. A swap never touches open connections.
+each new request reads the worker's current table. A swap never touches open connections.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from aerodrome.edge.cors import CorsPolicy
-from aerodrome.platform.http_service import Cors, HttpService, parse_address, parse_http_service
-from aerodrome.store.models import App, AppHttpConfig, Certificate, StoreHead, Upstream
+from aerodrome.platform.http_service import HttpService
 
 
 @dataclass(frozen=True)
@@ -88,42 +84,3 @@ def _route(
         https_location=own.encode(),
         hsts_line=b"strict-transport-security: %b\r\n" % hsts if hsts else b"",
     )
-
-
-def compile_routes(
-    session: Session, config: EdgeConfig, http01: dict[str, bytes] | None = None
-) -> RouteTable:
-    """Everything a request needs, from one consistent read of the store."""
-    revision = session.execute(select(StoreHead.revision)).scalar_one()
-    services = {
-        row.app_id: parse_http_service(json.loads(row.config))
-        for row in session.execute(select(AppHttpConfig)).scalars()
-    }
-    upstreams: dict[str, list[tuple[str, int]]] = {}
-    for row in session.execute(select(Upstream).order_by(Upstream.created_at)).scalars():
-        upstreams.setdefault(row.app_id, []).append(parse_address(row.address))
-    routes: dict[str, Route] = {}
-    if config.api_upstream is not None:
-        hostname = f"api.{config.domain}"
-        routes[hostname] = _route(
-            config, hostname, "api", "api", (config.api_upstream,), HttpService(cors=Cors())
-        )
-    apps = {app.id: app for app in session.execute(select(App)).scalars()}
-    named = [(f"{app.name}.{config.domain}", app) for app in apps.values()]
-    # Custom domains (`aero certs add`) reach the app that claimed them; the platform's own
-    # names come first and are never taken over.
-    custom = session.execute(
-        select(Certificate.hostname, Certificate.app_id).where(Certificate.kind == "custom")
-    )
-    named += [(hostname, apps[app_id]) for hostname, app_id in custom if app_id in apps]
-    for hostname, app in named:
-        if hostname not in routes:
-            routes[hostname] = _route(
-                config,
-                hostname,
-                app.name,
-                app.id,
-                tuple(upstreams.get(app.id, ())),
-                services.get(app.id, HttpService()),
-            )
-    return RouteTable(revision, routes, dict(http01 or {}))
