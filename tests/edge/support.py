@@ -78,6 +78,17 @@ class TestCA:
 class EchoApp(asyncio.Protocol):
     """A tiny upstream: answers every request with JSON describing what it received."""
 
+    in_flight = 0  # `/sleep/N` requests being answered, across connections
+    peak = 0
+
+    def _woken(self) -> None:
+        EchoApp.in_flight -= 1
+        body = json.dumps({"peak": EchoApp.peak}).encode()
+        self.transport.write(  # type: ignore[attr-defined]
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+            % (len(body), body)
+        )
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
@@ -113,6 +124,11 @@ class EchoApp(asyncio.Protocol):
             return
         if path == "/hang":
             return  # never answers: the edge's upstream timeout must
+        if path.startswith("/sleep/"):  # answers after N ms, saying how many were in flight
+            EchoApp.in_flight += 1
+            EchoApp.peak = max(EchoApp.peak, EchoApp.in_flight)
+            asyncio.get_running_loop().call_later(int(path.split("/")[2]) / 1000, self._woken)
+            return
         if path == "/chunked":
             self.transport.write(  # type: ignore[attr-defined]
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -7,8 +7,10 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aerodrome.edge.tls import TlsManager
 from aerodrome.platform.http_service import Cors, HttpService
-from tests.edge.support import EdgeHarness, start_edge
+from tests.edge.support import EchoApp, EdgeHarness, start_edge
 
 ORIGIN_OK = "https://ok.example"
 
@@ -53,10 +55,18 @@ def host(edge: EdgeHarness, app: str) -> str:
     return f"{app}.{edge.config.domain}"
 
 
+_contexts_lock = threading.Lock()
+
+
 def tls_socket(edge: EdgeHarness, server_name: str | None) -> ssl.SSLSocket:
-    ctx = edge.ca.client_context(edge.snapshot["tmp"])
-    if server_name is None:
-        ctx.check_hostname = False
+    # One client context per harness and kind, made once: tests open connections from
+    # several threads, and each context made writes the CA file afresh.
+    key = "client context" if server_name is not None else "client context, no SNI"
+    with _contexts_lock:
+        ctx = edge.snapshot.get(key)
+        if ctx is None:
+            ctx = edge.snapshot[key] = edge.ca.client_context(edge.snapshot["tmp"])
+            ctx.check_hostname = server_name is not None
     raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
     return ctx.wrap_socket(raw, server_hostname=server_name)
 
@@ -268,6 +278,21 @@ def test_an_app_that_never_answers_gets_504(edge: EdgeHarness) -> None:
     assert headers["access-control-allow-origin"] == ORIGIN_OK
     assert time.monotonic() - started < edge.config.upstream_timeout + 2
     assert https(edge, "web")[0] == 200
+
+
+def test_a_pipelined_request_does_not_lift_the_timeout_of_the_one_before_it(
+    edge: EdgeHarness,
+) -> None:
+    assert https(edge, "web")[0] == 200  # an idle upstream connection for /hang to reuse
+    name = host(edge, "web").encode()
+    answer = raw_exchange(
+        edge,
+        b"GET /hang HTTP/1.1\r\nHost: %b\r\n\r\nGET /after HTTP/1.1\r\nHost: %b\r\n\r\n"
+        % (name, name),
+        wait=edge.config.upstream_timeout + 3,
+    )
+    assert answer.startswith(b"HTTP/1.1 504 ")
+    assert b"HTTP/1.1 200 " in answer and b'"path": "/after"' in answer
 
 
 def test_no_upstream_is_503_with_retry_after(edge: EdgeHarness) -> None:
@@ -574,3 +599,66 @@ def test_one_unusable_certificate_costs_only_its_own_hostname(edge: EdgeHarness)
          "bad.test.internal": (b"not a certificate", b"not a key")},
     )  # fmt: skip
     assert set(manager._contexts) == {"good.test.internal"}
+
+
+# -- concurrency limits -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeHarness]:
+    """An edge whose app `one` takes one request at a time (hard_limit 1) and lets others wait
+    in line for up to two seconds."""
+    tmp = tmp_path_factory.mktemp("limited")
+    harness, stop = start_edge(tmp, queue_timeout=2.0)
+    harness.snapshot["tmp"] = tmp
+    service = HttpService(soft_limit=1, hard_limit=1, cors=Cors(origins=(ORIGIN_OK,)))
+    harness.set_routes({f"one.{harness.config.domain}": harness.route("one", service)})
+    yield harness
+    stop()
+
+
+def test_requests_over_the_hard_limit_wait_in_line_and_are_all_served(
+    limited: EdgeHarness,
+) -> None:
+    EchoApp.peak = 0
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: https(limited, "one", "/sleep/100"), range(4)))
+    assert [status for status, _, _ in answers] == [200] * 4
+    # The app never had more than one of them at a time.
+    assert max(json.loads(body)["peak"] for _, _, body in answers) == 1
+
+
+def test_a_request_still_in_line_at_the_queue_timeout_gets_503_with_retry_after(
+    limited: EdgeHarness,
+) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(https, limited, "one", "/sleep/3500")
+        time.sleep(0.3)
+        started = time.monotonic()
+        status, headers, body = https(limited, "one", "/", headers={"Origin": ORIGIN_OK})
+        waited = time.monotonic() - started
+        assert status == 503 and headers["retry-after"] == "1"
+        assert json.loads(body)["error"]["message"] == "the app is at its concurrency limit"
+        assert headers["access-control-allow-origin"] == ORIGIN_OK  # a browser sees the 503
+        assert waited >= 1.8  # it waited in line first, it was not refused at once
+        assert holder.result()[0] == 200
+    assert https(limited, "one")[0] == 200  # the slot came back
+
+
+def test_a_client_that_leaves_the_line_does_not_take_the_next_free_slot(
+    limited: EdgeHarness,
+) -> None:
+    EchoApp.peak = 0
+    name = host(limited, "one")
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(https, limited, "one", "/sleep/500")
+        time.sleep(0.2)
+        # This one would hold the slot for 5 s if it were still served after leaving.
+        gone = tls_socket(limited, name)
+        gone.sendall(b"GET /sleep/5000 HTTP/1.1\r\nHost: %b\r\n\r\n" % name.encode())
+        time.sleep(0.1)
+        gone.close()
+        follower = pool.submit(https, limited, "one", "/sleep/10")
+        assert holder.result()[0] == 200
+        status, _, body = follower.result()
+    assert status == 200 and json.loads(body)["peak"] == 1

@@ -151,6 +151,7 @@ class EdgeProtocol:
         self.trusted_peer = False
         self.current: Exchange | None = None  # being parsed
         self.active: Exchange | None = None  # being answered
+        self.waiting: Exchange | None = None  # the active one, in line for an upstream slot
         self.queue: deque[Exchange] = deque()
         self.header_bytes = 0
         # One lazy timer per connection: moving a deadline is an assignment; the timer
@@ -206,11 +207,12 @@ class EdgeProtocol:
             tunnel.tunnel = None
             tunnel.close()
             return
+        self.waiting = None
         for ex in (self.active, *self.queue):
             if ex is not None and ex.upstream is not None:
                 conn, ex.upstream = ex.upstream, None
                 conn.client = None
-                self.worker.pool.outstanding[conn.address] -= 1
+                self.worker.pool.end(conn.address)
                 conn.close()  # its response will never be read: never reuse it
         self.active = None
         self.queue.clear()
@@ -339,7 +341,8 @@ class EdgeProtocol:
     def on_headers_complete(self) -> None:
         ex = self.current
         assert ex is not None
-        self.deadline_kind = None
+        if self.deadline_kind == "header":  # (a pipelined head: the active request's stands)
+            self.deadline_kind = None
         self.header_bytes = 0
         parser = self.parser
         ex.method = parser.get_method()
@@ -445,43 +448,38 @@ class EdgeProtocol:
         address = upstreams[0] if len(upstreams) == 1 else pool.pick(upstreams)
         hard = route.service.hard_limit
         if hard and pool.outstanding[address] >= hard:
-            self.loop.create_task(self._queue_for_slot(ex, route))
+            # Every machine of the app is at its hard limit: wait in line for the first slot
+            # to free (`slot_granted`), or answer 503 at the queue timeout.
+            self.waiting = ex
+            pool.wait(self, ex, upstreams)
+            self._deadline(self.config.queue_timeout, "queue")
             return
-        pool.outstanding[address] += 1
-        conn = None if ex.websocket else pool.take_idle(address)
+        pool.begin(address)
+        self._use_slot(ex, address)
+
+    def slot_granted(self, ex: Exchange, address: Address) -> None:
+        """A slot at `address` freed while `ex` waited in line: it is ex's now."""
+        self.waiting = None
+        self.deadline_kind = None
+        self._use_slot(ex, address)
+
+    def _use_slot(self, ex: Exchange, address: Address) -> None:
+        conn = None if ex.websocket else self.worker.pool.take_idle(address)
         if conn is not None:
             self._attach(ex, conn)
         else:
             self.loop.create_task(self._connect(ex, address))
 
-    async def _queue_for_slot(self, ex: Exchange, route: Route) -> None:
-        """Over the hard limit: wait for a free slot, then 503 with Retry-After."""
-        pool = self.worker.pool
-        deadline = self.loop.time() + self.config.queue_timeout
-        while self.loop.time() < deadline and not self.closing:
-            await asyncio.sleep(0.01)
-            address = pool.pick(route.upstreams)
-            if pool.outstanding[address] < route.service.hard_limit:
-                pool.outstanding[address] += 1
-                conn = None if ex.websocket else pool.take_idle(address)
-                if conn is not None:
-                    self._attach(ex, conn)
-                else:
-                    await self._connect(ex, address)
-                return
-        if not self.closing:
-            self._send_error(ex, 503, "the app is at its concurrency limit", retry_after=True)
-
     async def _connect(self, ex: Exchange, address: Address) -> None:
         try:
             conn = await self.worker.pool.connect(address)
         except (TimeoutError, OSError):
-            self.worker.pool.outstanding[address] -= 1
+            self.worker.pool.end(address)
             if ex is self.active and not self.closing:
                 self._send_error(ex, 502, "the app is not reachable")
             return
         if ex is not self.active or self.closing:
-            self.worker.pool.outstanding[address] -= 1
+            self.worker.pool.end(address)
             conn.close()
             return
         self._attach(ex, conn)
@@ -592,7 +590,7 @@ class EdgeProtocol:
         if ex.out_chunked:
             self.out.append(b"0\r\n\r\n")
         ex.upstream = None
-        self.worker.pool.outstanding[conn.address] -= 1
+        self.worker.pool.end(conn.address)
         if not ex.body_done:
             ex.keep_alive = False  # the app answered before reading the whole body
         self._finish(ex)
@@ -602,25 +600,24 @@ class EdgeProtocol:
         if ex is None or ex.upstream is not conn:
             return
         ex.upstream = None
-        self.worker.pool.outstanding[conn.address] -= 1
         self.deadline_kind = None
-        if ex.response_started:
-            ex.keep_alive = False
-            self._finish(ex)  # the body was cut: the client sees the connection close
-            return
         if (
-            conn.reused
+            not ex.response_started
+            and conn.reused
             and not ex.retried
             and ex.body_size == 0
             and ex.method in (b"GET", b"HEAD", b"OPTIONS")
         ):
-            # An idle pooled connection the app had just closed: retry once on a new one.
+            # An idle pooled connection the app had just closed: retry once on a new one,
+            # in the same slot.
             ex.retried = True
-            route = ex.route
-            if route is not None:
-                self.worker.pool.outstanding[conn.address] += 1
-                self.loop.create_task(self._connect(ex, conn.address))
-                return
+            self.loop.create_task(self._connect(ex, conn.address))
+            return
+        self.worker.pool.end(conn.address)
+        if ex.response_started:
+            ex.keep_alive = False
+            self._finish(ex)  # the body was cut: the client sees the connection close
+            return
         self._send_error(ex, status, message)
 
     def _upstream_timeout(self, ex: Exchange) -> None:
@@ -630,10 +627,12 @@ class EdgeProtocol:
         self._send_error(ex, 504, "the app did not answer in time")
 
     def _abandon_upstream(self, ex: Exchange) -> None:
+        if self.waiting is ex:
+            self.waiting = None  # out of the line for a slot
         conn, ex.upstream = ex.upstream, None
         if conn is not None:
             conn.client = None
-            self.worker.pool.outstanding[conn.address] -= 1
+            self.worker.pool.end(conn.address)
             conn.close()
 
     # -- WebSocket tunnel ---------------------------------------------------------------------
@@ -647,7 +646,7 @@ class EdgeProtocol:
         conn.client = None
         conn.tunnel = self
         self.tunnel = conn
-        self.worker.pool.outstanding[conn.address] -= 1
+        self.worker.pool.end(conn.address)  # a tunnel holds no request slot
         self.worker.metrics.websockets_open += 1
         self.worker.metrics.websockets_total += 1
         self._log(ex, websocket=True)
@@ -864,5 +863,10 @@ class EdgeProtocol:
             if self.active is not None:
                 self._upstream_timeout(self.active)
                 self.flush()
+        elif kind == "queue":
+            ex = self.waiting
+            if ex is not None and ex is self.active:
+                self.waiting = None
+                self._send_error(ex, 503, "the app is at its concurrency limit", retry_after=True)
         else:  # an idle WebSocket past its configured timeout
             self.transport.close()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
 if TYPE_CHECKING:
-    from aerodrome.edge.proxy import EdgeProtocol
+    from aerodrome.edge.proxy import EdgeProtocol, Exchange
 
 Address = tuple[str, int]
 MAX_IDLE_PER_ADDRESS = 256
@@ -170,12 +170,13 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         client, self.client = self.client, None
         if client is None:
             return
-        reusable = self.keep_alive and not self.closed
-        client.response_complete(self)
-        if reusable:
+        # Back to the pool first: the request that the freed slot goes to (see
+        # `UpstreamPool.end`) then reuses this connection instead of opening one.
+        if self.keep_alive and not self.closed:
             self.pool.release(self)
         else:
             self.close()
+        client.response_complete(self)
 
     # -- used by the client side --------------------------------------------------------------
 
@@ -225,19 +226,55 @@ _CLOSED = httptools.HttpResponseParser(object())
 
 
 class UpstreamPool:
-    """Per-worker keep-alive pools, keyed by address, with outstanding-request counts."""
+    """Per-worker keep-alive pools, keyed by address, with outstanding-request counts.
+
+    A request holds a slot at its upstream's address from `begin` (or a grant) until `end`.
+    When an app's `hard_limit` has every address full, the request waits in line at each of
+    them (`wait`); `end` hands its slot straight to the first one still waiting, so a freed
+    slot is never taken by a later arrival, and nobody polls.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float = 5.0) -> None:
         self.loop = loop
         self.connect_timeout = connect_timeout
         self.idle: dict[Address, list[UpstreamConnection]] = defaultdict(list)
         self.outstanding: dict[Address, int] = defaultdict(int)
+        self.waiting: dict[Address, deque[tuple[EdgeProtocol, Exchange]]] = {}
 
     def pick(self, addresses: tuple[Address, ...]) -> Address:
         """Least outstanding requests first; ties go to the first registered."""
         if len(addresses) == 1:
             return addresses[0]
         return min(addresses, key=lambda a: self.outstanding[a])
+
+    def begin(self, address: Address) -> None:
+        self.outstanding[address] += 1
+
+    def end(self, address: Address) -> None:
+        """The request holding a slot at `address` is done with it: the first request still
+        waiting there takes it over (its count unchanged), else the count goes down."""
+        line = self.waiting.get(address)
+        while line:
+            client, ex = line.popleft()
+            if client.waiting is ex:  # not timed out, not gone, not served elsewhere
+                if not line:
+                    del self.waiting[address]
+                client.slot_granted(ex, address)
+                return
+        if line is not None:
+            del self.waiting[address]
+        self.outstanding[address] -= 1
+
+    def wait(self, client: EdgeProtocol, ex: Exchange, addresses: tuple[Address, ...]) -> None:
+        """Queue `ex` for the first slot to free at any of `addresses`. The client marks it
+        as `client.waiting`; clearing that withdraws it (entries are dropped lazily)."""
+        for address in addresses:
+            line = self.waiting.setdefault(address, deque())
+            if len(line) >= 64 and len(line) % 64 == 0:  # shed withdrawn entries now and then
+                live = [entry for entry in line if entry[0].waiting is entry[1]]
+                line.clear()
+                line.extend(live)
+            line.append((client, ex))
 
     def take_idle(self, address: Address) -> UpstreamConnection | None:
         idle = self.idle.get(address)
