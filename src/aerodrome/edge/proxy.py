@@ -94,7 +94,6 @@ class Exchange:
         "route",
         "started",
         "status",
-        "upgrade",
         "upstream",
         "url",
         "websocket",
@@ -114,7 +113,6 @@ class Exchange:
         self.ac_request_headers: bytes | None = None
         self.forwarded_for = b""  # a trusted proxy's X-Forwarded-For, with ", "
         self.keep_alive = True
-        self.upgrade = False
         self.websocket = False
         self.chunked_in = False
         self.content_length: int | None = None
@@ -347,8 +345,7 @@ class EdgeProtocol:
         parser = self.parser
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
-        ex.upgrade = parser.should_upgrade()
-        if not ex.upgrade:
+        if not parser.should_upgrade():
             ex.websocket = False  # an Upgrade header alone asks for nothing
         elif not ex.websocket:
             ex.error = (400, "only WebSocket upgrades are supported")
@@ -560,7 +557,7 @@ class EdgeProtocol:
         ex.status = status
         ex.response_started = True
         out = self.out  # the head goes out with the body read with it, in one write
-        out.append(STATUS_LINES.get(status) or status_line(status))
+        out.append(status_line(status))
         out += head
         if status == 101:
             out.append(b"connection: upgrade\r\nupgrade: websocket\r\n")

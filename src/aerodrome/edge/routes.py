@@ -44,7 +44,6 @@ class Route:
     upstreams: tuple[tuple[str, int], ...]
     service: HttpService
     cors: CorsPolicy
-    hsts: bytes | None
     https_location: bytes  # b"https://host[:port]", the prefix of redirects
     # The whole `strict-transport-security` line, ready to append to a response head over
     # TLS (empty when HSTS is off): compiled once per revision, not per response.
@@ -67,12 +66,12 @@ def _route(
     service: HttpService,
 ) -> Route:
     own = config.origin(hostname)
-    hsts = None
+    hsts_line = b""
     if service.hsts_max_age:
         value = f"max-age={service.hsts_max_age}"
         if service.hsts_include_subdomains:
             value += "; includeSubDomains"
-        hsts = value.encode()
+        hsts_line = f"strict-transport-security: {value}\r\n".encode()
     return Route(
         hostname=hostname,
         app=app,
@@ -80,7 +79,6 @@ def _route(
         upstreams=upstreams,
         service=service,
         cors=CorsPolicy(service.cors, (own,)),
-        hsts=hsts,
         https_location=own.encode(),
-        hsts_line=b"strict-transport-security: %b\r\n" % hsts if hsts else b"",
+        hsts_line=hsts_line,
     )
