@@ -19,7 +19,8 @@ Everything runs on loopback, in one invocation, with bounded durations (about 4 
              no CORS for another, 301 on plain HTTP, 101 for a WebSocket with the app's own
              Origin, 403 for another Origin, and 200 for the exact request s_time sends.
   1 http     `wrk -t1 -c50 -d10s --latency` with Host and Origin headers: keep-alive
-             requests/s and p50/p99 latency.
+             requests/s and p50/p99 latency; also through a bare uvloop TLS relay (the edge's
+             TLS context, bytes relayed to the upstream unparsed), the floor for Python.
   2 tls      `openssl s_time -new` and `-reuse` (8 s each): one HTTP request per new TLS
              connection, without and with session resumption.
   3 ws       WebSocket echo messages/s for 64 B and 16 KiB messages: 2 client processes
@@ -66,7 +67,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aerodrome.edge.native import compiled_dir
 from aerodrome.edge.tls import TLS12_CIPHERS
@@ -84,6 +85,7 @@ CLIENT_ORIGIN = "https://client.example"
 BAD_ORIGIN = "https://evil.example"
 HSTS = "max-age=31536000"
 PROXIES = ("edge", "nginx")
+REFERENCE = "relay"  # scenario 1 only: a bare uvloop TLS relay (see `tls_relay`)
 NAMES = {"edge": "aerodrome edge", "nginx": "nginx"}
 WS_SIZES = (64, 16 * 1024)
 WS_WINDOW = {64: 16, 16 * 1024: 4}
@@ -108,7 +110,7 @@ class Plan:
     holders: int  # client processes holding the idle WebSockets
 
     def estimate(self) -> float:
-        wrk = 2 * (self.wrk_warmup + self.wrk_rounds * (self.wrk_seconds + 0.3))
+        wrk = 3 * (self.wrk_warmup + self.wrk_rounds * (self.wrk_seconds + 0.3))  # + the relay
         stime = 2 * 2 * self.stime_rounds * (self.stime_seconds + 1.2)
         ws = 2 * len(WS_SIZES) * self.ws_rounds * (self.ws_seconds + self.ws_warmup + 1.0)
         idle = 2 * (5 + self.idle_websockets / 600)
@@ -129,10 +131,15 @@ def log(message: str) -> None:
 def child_main(role: str, spec: dict[str, Any]) -> None:
     import uvloop
 
+    if role == "relay":  # one process per worker, like both proxies
+        for _ in range(spec["workers"] - 1):
+            if os.fork() == 0:
+                break
     runners: dict[str, Callable[[dict[str, Any]], Any]] = {
         "ws-echo": ws_echo,
         "ws-load": ws_load,
         "ws-hold": ws_hold,
+        "relay": tls_relay,
     }
     uvloop.run(runners[role](spec))
 
@@ -157,6 +164,62 @@ async def ws_echo(spec: dict[str, Any]) -> None:
         backlog=4096,
     ):
         await asyncio.Event().wait()
+
+
+async def tls_relay(spec: dict[str, Any]) -> None:
+    """The reference for scenario 1: the edge's TLS context and certificate, and each client
+    connection relayed byte for byte to its own upstream connection. No HTTP parsing, routing
+    or policy: what uvloop's TLS and the sockets cost by themselves."""
+    from aerodrome.edge.tls import hardened_context
+
+    ctx = hardened_context()
+    ctx.load_cert_chain(spec["chain"], spec["key"])
+    loop = asyncio.get_running_loop()
+    upstream = ("127.0.0.1", spec["upstream"])
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self, client: asyncio.Transport) -> None:
+            self.client = client
+
+        def data_received(self, data: bytes) -> None:
+            self.client.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.client.close()
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+            self.upstream: asyncio.Transport | None = None
+            self.pending: list[bytes] = []
+            self.connecting = loop.create_task(self.connect())
+
+        async def connect(self) -> None:
+            try:
+                self.upstream, _ = await loop.create_connection(
+                    lambda: Upstream(self.transport), *upstream
+                )
+            except OSError:
+                self.transport.close()
+                return
+            self.upstream.write(b"".join(self.pending))
+
+        def data_received(self, data: bytes) -> None:
+            if self.upstream is None:
+                self.pending.append(data)
+            else:
+                self.upstream.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.upstream is not None:
+                self.upstream.close()
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", spec["port"]))
+    sock.listen(4096)
+    await loop.create_server(Client, sock=sock, ssl=ctx, backlog=4096)
+    await asyncio.Event().wait()
 
 
 def _ws_connect(spec: dict[str, Any], ctx: ssl.SSLContext) -> Any:
@@ -887,7 +950,7 @@ class Bench:
     def setup(self) -> None:
         tmp, procs, workers = self.tmp, self.procs, self.args.workers
         self.certs = certs = make_certificates(tmp / "certs")
-        ports = free_ports(7)
+        ports = free_ports(8)
         web_up, ws_up = ports[0], ports[1]
         self.ports = {
             "edge": {"https": ports[2], "http": ports[3], "metrics": ports[4]},
@@ -913,6 +976,12 @@ class Bench:
             self.args.nginx_ws_buffer,
         )
         self.roots["nginx"] = procs.start_nginx(conf, peer_dir)
+
+        relay = {"port": ports[7], "upstream": web_up, "workers": workers}
+        relay |= {"chain": str(certs[f"{WEB_HOST}.chain"]), "key": str(certs[f"{WEB_HOST}.key"])}
+        self.roots[REFERENCE] = procs.child("relay", relay, "relay").pid
+        self.ports[REFERENCE] = {"https": ports[7]}
+        self.runs[REFERENCE] = {}
 
         routes = edge_routes(tmp, web_up, ws_up, certs)
         run_dir = tmp / "edge-run"
@@ -946,7 +1015,7 @@ class Bench:
             if time.monotonic() > deadline or not alive(self.roots["edge"]):
                 raise RuntimeError(f"the edge did not start; see {tmp / 'edge.log'}")
             time.sleep(0.1)
-        for proxy in PROXIES:
+        for proxy in (*PROXIES, REFERENCE):
             wait_port(self.ports[proxy]["https"])
         problems: list[str] = []
         for proxy in PROXIES:
@@ -1171,10 +1240,10 @@ class Bench:
             f"http: wrk warm-up {plan.wrk_warmup}s each, "
             f"then {plan.wrk_rounds} x {plan.wrk_seconds}s"
         )
-        for proxy in PROXIES:
+        for proxy in (*PROXIES, REFERENCE):
             self.wrk(proxy, plan.wrk_warmup)
         for i in range(plan.wrk_rounds):
-            for proxy in self.order(i):
+            for proxy in (*self.order(i), REFERENCE):
                 result = self.wrk(proxy, plan.wrk_seconds)
                 self.add(proxy, "wrk", result)
                 log(
@@ -1343,6 +1412,24 @@ def build_rows(bench: Bench) -> list[Row]:
         )
     )
     return rows
+
+
+def reference_text(bench: Bench) -> str:
+    """Scenario 1's floor: the bare relay beside the two proxies."""
+    rps, cpu = (bench.median(REFERENCE, "wrk", key) for key in ("rps", "cpu_us_per_request"))
+    nginx_rps, nginx_cpu = (bench.median("nginx", "wrk", k) for k in ("rps", "cpu_us_per_request"))
+    edge_cpu = bench.median("edge", "wrk", "cpu_us_per_request")
+    return textwrap.fill(
+        f"Reference for 1, measured in the same rounds: a bare uvloop TLS relay (the edge's TLS "
+        f"context and certificate, each connection relayed byte for byte to its own upstream "
+        f"connection; no HTTP parsing, routing, headers, CORS or logs) served {rps:,.0f} "
+        f"requests/s, {rps / nginx_rps:.2f} of nginx's, at {cpu:.1f} µs of CPU per request "
+        f"(nginx {nginx_cpu:.1f}, edge {edge_cpu:.1f}). Everything the edge does per request on "
+        f"top of moving the bytes costs {edge_cpu - cpu:.1f} µs; to match nginx it may cost "
+        f"{nginx_cpu - cpu:.1f}.",
+        width=100,
+        break_on_hyphens=False,
+    )
 
 
 def render_table(rows: list[Row], bench: Bench) -> str:
@@ -1627,7 +1714,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tools = tool_versions()
     rows = build_rows(bench)
-    table = render_table(rows, bench)
+    table = render_table(rows, bench) + "\n\n" + reference_text(bench)
     method = method_text(bench, machine, tools)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     if args.json:
