@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -83,14 +81,12 @@ def web(services: Services) -> App:
 
 
 @pytest.fixture
-def shared() -> Iterator[Path]:
-    """A directory the machines' unprivileged uid can reach (tmp_path is root's, 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="aero-agent-test-"))
+def shared(open_dir: Path) -> Path:
+    """A directory the machines' unprivileged uid can write to (tmp_path is root's, 0700)."""
+    path = open_dir / "shared"
+    path.mkdir()
     path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return path
 
 
 def release(

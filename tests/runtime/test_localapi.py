@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,18 +52,6 @@ PRODUCTION, TEST = ENVIRONMENT_UIDS["production"], ENVIRONMENT_UIDS["test"]
 CURL = 'curl -sS -w "status=%{http_code}\\n" --unix-socket "$AERO_API_SOCKET" http://x/v1/self'
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A short path others may pass through (a socket path has at most 107 bytes, and
-    pytest's own tmp dirs are 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="aero-api-"))
-    path.chmod(0o711)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def machine_spec(workdir: Path, command: str, sock: Path, **kw: Any) -> MachineSpec:
     return MachineSpec(
         machine_id=IDENTITY.machine,
@@ -92,7 +78,7 @@ async def run(spec: MachineSpec) -> tuple[list[str], int]:
 
 
 def test_a_machine_reads_its_identity_and_never_sees_the_credential(
-    services: Services, base: Path
+    services: Services, open_dir: Path
 ) -> None:
     with services.store.write() as tx:
         admin = org_rules.get_or_create_user(tx, "a@example.com")
@@ -109,18 +95,18 @@ def test_a_machine_reads_its_identity_and_never_sees_the_credential(
     assert credential.startswith("aero1_")
     check = MachineCredentialCheck(services, credential, identity)
     assert credential not in repr(check)
-    sock = base / "api" / "api.sock"
+    sock = open_dir / "api" / "api.sock"
     command = f"{CURL}; env"
 
     async def go() -> tuple[list[str], list[str], int, int]:
         api = await LocalApi.start(sock, identity, check)
         try:
             modes = sock.stat().st_mode, sock.parent.stat().st_mode
-            first, code = await run(machine_spec(base / "machine", command, sock))
+            first, code = await run(machine_spec(open_dir / "machine", command, sock))
             assert code == 0
             with services.store.write() as tx:
                 token_records.revoke_record(tx, tx.session.get(Token, row.id))
-            second, _ = await run(machine_spec(base / "machine", CURL, sock))
+            second, _ = await run(machine_spec(open_dir / "machine", CURL, sock))
         finally:
             await api.close()
         return first, second, *modes
@@ -175,20 +161,20 @@ def test_the_check_follows_scope_and_expiry(services: Services) -> None:
     assert garbage.status == 401
 
 
-def test_only_the_machines_uid_can_connect(base: Path) -> None:
-    sock = base / "api" / "api.sock"
+def test_only_the_machines_uid_can_connect(open_dir: Path) -> None:
+    sock = open_dir / "api" / "api.sock"
     for name in ("production", "test"):
-        (base / name).mkdir()
+        (open_dir / name).mkdir()
 
     async def go() -> tuple[list[str], list[str], os.stat_result, os.stat_result]:
         api = await LocalApi.start(sock, IDENTITY, lambda: ALLOW, owner_uid=PRODUCTION)
         try:
             owners = sock.stat(), sock.parent.stat()
             mine, _ = await run(
-                machine_spec(base / "production", CURL + "; id -u", sock, user=PRODUCTION)
+                machine_spec(open_dir / "production", CURL + "; id -u", sock, user=PRODUCTION)
             )
             probe = CURL + '; test -e "$AERO_API_SOCKET" || echo cannot-see-it; id -u'
-            theirs, _ = await run(machine_spec(base / "test", probe, sock, user=TEST))
+            theirs, _ = await run(machine_spec(open_dir / "test", probe, sock, user=TEST))
         finally:
             await api.close()
         return mine, theirs, *owners
@@ -224,8 +210,8 @@ class Background:
 
 
 @pytest.fixture
-def server(base: Path) -> Iterator[Background]:
-    running = Background(base / "api" / "api.sock", lambda: ALLOW, header_timeout=0.5)
+def server(open_dir: Path) -> Iterator[Background]:
+    running = Background(open_dir / "api" / "api.sock", lambda: ALLOW, header_timeout=0.5)
     try:
         yield running
     finally:
@@ -360,8 +346,8 @@ def eventually(path: Path, status: int) -> tuple[int, dict[str, str], Any]:
         time.sleep(0.05)
 
 
-def test_connections_are_bounded(base: Path) -> None:
-    running = Background(base / "api" / "api.sock", lambda: ALLOW, max_connections=2)
+def test_connections_are_bounded(open_dir: Path) -> None:
+    running = Background(open_dir / "api" / "api.sock", lambda: ALLOW, max_connections=2)
     try:
         held = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
         for sock in held:
@@ -374,14 +360,14 @@ def test_connections_are_bounded(base: Path) -> None:
         running.close()
 
 
-def test_a_refused_or_failing_check_gives_no_identity(base: Path) -> None:
+def test_a_refused_or_failing_check_gives_no_identity(open_dir: Path) -> None:
     refused = Decision(False, "revoked", "token tok_x has been revoked", "ask for a new one")
-    running = Background(base / "a" / "api.sock", lambda: refused)
+    running = Background(open_dir / "a" / "api.sock", lambda: refused)
 
     def boom() -> Decision:
         raise RuntimeError("store is down")
 
-    failing = Background(base / "b" / "api.sock", boom)
+    failing = Background(open_dir / "b" / "api.sock", boom)
     try:
         [(status, _, body)] = responses(exchange(running.path, GOOD))
         assert status == 401 and body["error"]["code"] == "revoked" and "machine" not in body
@@ -392,27 +378,27 @@ def test_a_refused_or_failing_check_gives_no_identity(base: Path) -> None:
         failing.close()
 
 
-def test_the_socket_file(base: Path) -> None:
+def test_the_socket_file(open_dir: Path) -> None:
     with pytest.raises(ValueError, match="longer than"):
-        bind_private(base / ("x" * 120) / "api.sock")
-    (base / "file").mkdir()
-    (base / "file" / "api.sock").write_text("not a socket")
+        bind_private(open_dir / ("x" * 120) / "api.sock")
+    (open_dir / "file").mkdir()
+    (open_dir / "file" / "api.sock").write_text("not a socket")
     with pytest.raises(FileExistsError):
-        bind_private(base / "file" / "api.sock")
+        bind_private(open_dir / "file" / "api.sock")
     # Close removes the socket, and the directory if it made it.
-    running = Background(base / "api" / "api.sock", lambda: ALLOW)
+    running = Background(open_dir / "api" / "api.sock", lambda: ALLOW)
     running.close()
-    assert not (base / "api").exists()
+    assert not (open_dir / "api").exists()
     # A stale socket from an earlier run is replaced; a directory it did not make stays.
-    stale = bind_private(base / "file" / "other.sock")
+    stale = bind_private(open_dir / "file" / "other.sock")
     stale.close()
-    running = Background(base / "file" / "other.sock", lambda: ALLOW)
+    running = Background(open_dir / "file" / "other.sock", lambda: ALLOW)
     assert responses(exchange(running.path, GOOD))[0][0] == 200
     running.close()
-    assert (base / "file").is_dir() and not (base / "file" / "other.sock").exists()
-    os.chown(base / "file", TEST, TEST)
+    assert (open_dir / "file").is_dir() and not (open_dir / "file" / "other.sock").exists()
+    os.chown(open_dir / "file", TEST, TEST)
     with pytest.raises(PermissionError, match="belongs to uid"):
-        bind_private(base / "file" / "api.sock", owner_uid=PRODUCTION)
+        bind_private(open_dir / "file" / "api.sock", owner_uid=PRODUCTION)
 
 
 # -- fuzzing ------------------------------------------------------------------------------------

@@ -7,11 +7,8 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import sys
-import tempfile
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -164,17 +161,6 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
 PRODUCTION, TEST = ENVIRONMENT_UIDS["production"], ENVIRONMENT_UIDS["test"]
 
 
-@pytest.fixture
-def open_base() -> Iterator[Path]:
-    """A directory others may pass through (pytest's own tmp dirs are 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="aero-mch-"))
-    base.chmod(0o711)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def test_machine_uid_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.geteuid() == 0, "these tests run as root (as the agent does in production)"
     assert machine_uid("production") == PRODUCTION and machine_uid("test") == TEST
@@ -184,12 +170,12 @@ def test_machine_uid_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert machine_uid("production") is None  # an unprivileged agent runs machines as itself
 
 
-def test_a_machine_runs_as_its_uid_and_cannot_read_other_trees(open_base: Path) -> None:
-    private = open_base / "root-only"
+def test_a_machine_runs_as_its_uid_and_cannot_read_other_trees(open_dir: Path) -> None:
+    private = open_dir / "root-only"
     private.mkdir(mode=0o700)
     (private / "file").write_text("root's")
     (private / "file").chmod(0o644)
-    production = open_base / "production"
+    production = open_dir / "production"
     (production / "app").mkdir(parents=True)
     (production / "app" / "data").write_text("production's")
     hand_over(production / "app", PRODUCTION)
@@ -204,10 +190,10 @@ def test_a_machine_runs_as_its_uid_and_cannot_read_other_trees(open_base: Path) 
     )
     lines: list[LogLine] = []
     machine = Machine(
-        spec(open_base, command, user=TEST, open_files=64), Redactor([CANARY]), lines.append
+        spec(open_dir, command, user=TEST, open_files=64), Redactor([CANARY]), lines.append
     )
-    (open_base / "machine").mkdir()
-    (open_base / "machine" / "shipped").write_text("from the artifact")
+    (open_dir / "machine").mkdir()
+    (open_dir / "machine" / "shipped").write_text("from the artifact")
 
     async def go() -> int:
         await machine.start({"CANARY": SecretValue(CANARY.encode())})
@@ -221,7 +207,7 @@ def test_a_machine_runs_as_its_uid_and_cannot_read_other_trees(open_base: Path) 
     assert "root's" not in out and "production's" not in out
     assert "nofile 64" in out and "NoNewPrivs:\t1" in out
     assert f"home {TEST} 700" in out and f"made {TEST} 600" in out  # umask 077
-    assert (open_base / "machine" / "shipped").stat().st_uid == TEST
+    assert (open_dir / "machine" / "shipped").stat().st_uid == TEST
 
 
 def test_a_machine_tree_the_uid_cannot_reach_is_refused(tmp_path: Path) -> None:
@@ -231,10 +217,10 @@ def test_a_machine_tree_the_uid_cannot_reach_is_refused(tmp_path: Path) -> None:
         asyncio.run(machine.start({}))
 
 
-def test_hand_over_changes_links_not_their_targets(open_base: Path) -> None:
-    outside = open_base / "outside"
+def test_hand_over_changes_links_not_their_targets(open_dir: Path) -> None:
+    outside = open_dir / "outside"
     outside.write_text("x")
-    tree = open_base / "tree"
+    tree = open_dir / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "link").symlink_to(outside)
     hand_over(tree, PRODUCTION)

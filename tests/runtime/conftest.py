@@ -1,0 +1,22 @@
+"""Fixtures shared by the runtime tests."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A short directory others may pass through: machines run as unprivileged uids, pytest's
+    own tmp dirs are 0700 root, and a socket path has at most 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="aero-rt-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
