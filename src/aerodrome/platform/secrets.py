@@ -465,6 +465,22 @@ def latest_release(session: Session, app_id: str) -> Release | None:
     ).scalar_one_or_none()
 
 
+def serving_release(session: Session, app_id: str) -> Release | None:
+    """The newest release with code that did not fail: what the app's machines run (or are
+    being moved to). A failed release is never the base of another one."""
+    return session.execute(
+        select(Release)
+        .where(
+            Release.app_id == app_id,
+            Release.artifact.is_not(None),
+            Release.config.is_not(None),
+            Release.status != "failed",
+        )
+        .order_by(Release.number.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
 def staged_changes(session: Session, app: App) -> dict[str, tuple[int | None, int | None]]:
     """name → (deployed version, current version) for every difference."""
     deployed = _deployed_map(session, app.id)
@@ -485,16 +501,21 @@ def create_release(
     config: str | None = None,
 ) -> Release:
     """Release N+1 carrying the app's current secret versions (staged ones included). Without
-    a new artifact and config (a secrets change), it keeps those of the previous release."""
+    a new artifact and config (a secrets change), it keeps those of the serving release, never
+    a failed one's."""
     previous = latest_release(tx.session, app.id)
+    base = serving_release(tx.session, app.id) if artifact is None or config is None else None
+    if base is not None:
+        artifact = artifact if artifact is not None else base.artifact
+        config = config if config is not None else base.config
     versions = current_versions(tx.session, app.id)
     release = Release(
         id=new_id("rel"),
         app_id=app.id,
         number=(previous.number if previous else 0) + 1,
         secret_versions=json.dumps(versions, sort_keys=True),
-        artifact=artifact if artifact is not None else (previous.artifact if previous else None),
-        config=config if config is not None else (previous.config if previous else None),
+        artifact=artifact,
+        config=config,
         description=description,
         created_by=tx.audit_ctx.actor,
     )

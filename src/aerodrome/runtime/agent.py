@@ -38,6 +38,7 @@ from aerodrome.errors import InvalidInput
 from aerodrome.ids import new_id
 from aerodrome.platform import http_service as upstream_rules
 from aerodrome.platform import machines as machine_rules
+from aerodrome.platform import secrets as release_rules
 from aerodrome.platform import tokens as token_records
 from aerodrome.runtime.artifact import app_artifacts, stored_artifact, unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
@@ -174,17 +175,7 @@ class Agent:
         with self.services.store.read() as session:
             wanted = []
             for app in session.execute(select(App)).scalars():
-                release = session.execute(
-                    select(Release)
-                    .where(
-                        Release.app_id == app.id,
-                        Release.artifact.is_not(None),
-                        Release.config.is_not(None),
-                        Release.status != "failed",
-                    )
-                    .order_by(Release.number.desc())
-                    .limit(1)
-                ).scalar_one_or_none()
+                release = release_rules.serving_release(session, app.id)
                 if release is not None:
                     wanted.append((app, release))
             rows = {

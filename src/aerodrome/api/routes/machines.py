@@ -118,16 +118,15 @@ def rollback_release(
 def show_config(
     app: str, caller: Caller = Depends(requires("apps.read", AppParam()))
 ) -> dict[str, Any]:
-    """The `aerodrome.toml` of the newest release with code, as deployed, and what it means."""
+    """The `aerodrome.toml` the app's machines run (its serving release), and what it means."""
     assert caller.target.app is not None
     with caller.services.store.read() as session:
-        releases = [r for r in release_rules.list_releases(session, caller.target.app) if r.config]
-    if not releases:
+        release = release_rules.serving_release(session, caller.target.app.id)
+    if release is None:
         raise NotFound(
             f"{caller.target.app.name} has no deployed configuration",
             hint="deploy it with `aero deploy`",
         )
-    release = releases[0]
     config = load_config(release.config or "")
     return {
         "release": release.number,

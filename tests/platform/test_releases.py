@@ -1,0 +1,31 @@
+"""Releases: what a release without new code is built on."""
+
+from __future__ import annotations
+
+from aerodrome.platform import apps as app_rules
+from aerodrome.platform import machines as machine_rules
+from aerodrome.platform import orgs as org_rules
+from aerodrome.platform import secrets as release_rules
+from aerodrome.services import Services
+
+GOOD, BROKEN = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def test_a_secrets_change_after_a_failed_deploy_keeps_the_serving_code(
+    services: Services,
+) -> None:
+    with services.store.write() as tx:
+        admin = org_rules.get_or_create_user(tx, "a@example.com")
+        org = org_rules.create_org(tx, "acme", None, admin)
+        app = app_rules.create_app(tx, org, "web", "production", admin.id)
+        good = release_rules.create_release(tx, app, "deploy", artifact=GOOD, config="good")
+        machine_rules.set_release_status(tx, app, good.number, "complete")
+        broken = release_rules.create_release(tx, app, "deploy", artifact=BROKEN, config="bad")
+        machine_rules.set_release_status(tx, app, broken.number, "failed", "check failed")
+
+        after = release_rules.create_release(tx, app, "secrets set")
+
+        assert after.number == broken.number + 1
+        assert (after.artifact, after.config) == (GOOD, "good")  # not the failed release's
+        assert after.status == "pending"  # rolled out, with the code that serves
+        assert release_rules.serving_release(tx.session, app.id) is after
