@@ -111,11 +111,19 @@ class EchoApp(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append([name.decode().lower(), value.decode()])
 
+    def on_headers_complete(self) -> None:
+        if self.url == b"/early":  # answers at once, without reading the body first
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly"
+            )
+
     def on_body(self, body: bytes) -> None:
         self.body += body
 
     def on_message_complete(self) -> None:
         path = self.url.decode()
+        if path == "/early":
+            return  # answered already
         if path.startswith("/status/"):
             status = int(path.split("/")[2])
             self.transport.write(  # type: ignore[attr-defined]
@@ -124,6 +132,11 @@ class EchoApp(asyncio.Protocol):
             return
         if path == "/hang":
             return  # never answers: the edge's upstream timeout must
+        if path == "/continue":  # an interim response first, in the same write
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal"
+            )
+            return
         if path.startswith("/sleep/"):  # answers after N ms, saying how many were in flight
             EchoApp.in_flight += 1
             EchoApp.peak = max(EchoApp.peak, EchoApp.in_flight)

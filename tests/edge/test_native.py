@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aerodrome.edge.native import MANIFEST, build_root, compiled_dir, is_compiled
+from aerodrome.edge.native import MANIFEST, build, build_root, compiled_dir, is_compiled
 from aerodrome.runtime.agent import free_port
 from tests.edge import support
 
@@ -54,12 +54,14 @@ def test_a_build_that_no_longer_matches_the_sources_is_not_used(tmp_path: Path) 
 
     manifest = copy / MANIFEST
     good = json.loads(manifest.read_text())
-    edited = json.loads(manifest.read_text())
-    edited["sources"]["proxy"] = "0" * 64  # as if proxy.py were edited after the build
-    manifest.write_text(json.dumps(edited))
-    assert all(path.endswith(".py") for path in module_files(env))  # all of it, not just proxy
+    for edited_file in ("edge/proxy.py", "platform/http_policy.py"):  # a module, or a type it uses
+        edited = json.loads(manifest.read_text())
+        edited["sources"][edited_file] = "0" * 64  # as if edited after the build
+        manifest.write_text(json.dumps(edited))
+        assert all(path.endswith(".py") for path in module_files(env))  # all of it
+        manifest.write_text(json.dumps(good))
 
-    other_abi = {**good, "ext_suffix": ".cpython-312-x86_64-linux-gnu.so"}
+    other_abi = {**good, "ext_suffix": ".other" + str(good["ext_suffix"])}
     manifest.write_text(json.dumps(other_abi))
     assert all(path.endswith(".py") for path in module_files(env))
 
@@ -68,6 +70,13 @@ def test_a_build_that_no_longer_matches_the_sources_is_not_used(tmp_path: Path) 
     assert all(path.endswith(".py") for path in module_files(env))
 
     assert all(path.endswith(".py") for path in module_files({**env, "AERO_EDGE_NATIVE": "0"}))
+
+
+def test_a_build_never_replaces_a_directory_that_is_not_one(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("an operator's file")  # AERO_EDGE_NATIVE_DIR set wrong
+    with pytest.raises(RuntimeError, match="not replacing it"):
+        build(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "an operator's file"
 
 
 @pytest.fixture(scope="module")

@@ -295,6 +295,27 @@ def test_a_pipelined_request_does_not_lift_the_timeout_of_the_one_before_it(
     assert b"HTTP/1.1 200 " in answer and b'"path": "/after"' in answer
 
 
+def test_an_interim_100_continue_is_not_taken_for_the_response(edge: EdgeHarness) -> None:
+    status, _, body = https(edge, "web", "/continue")
+    assert (status, body) == (200, b"final")
+    status, _, body = https(edge, "web", "/after")  # the connection is in step with the app
+    assert status == 200 and seen_by_app(body)["path"] == "/after"
+
+
+def test_an_app_that_answers_before_the_body_arrives_is_not_reused(edge: EdgeHarness) -> None:
+    name = host(edge, "web").encode()
+    answer = raw_exchange(
+        edge,
+        b"POST /early HTTP/1.1\r\nHost: %b\r\nContent-Length: 50000\r\n\r\n" % name + b"x" * 1000,
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"early")
+    # The app still waits for 49,000 body bytes on that connection: reused, it would read the
+    # next request as body.
+    for _ in range(3):
+        status, _, body = https(edge, "web", "/after")
+        assert status == 200 and seen_by_app(body)["path"] == "/after"
+
+
 def test_no_upstream_is_503_with_retry_after(edge: EdgeHarness) -> None:
     status, headers, body = https(edge, "empty")
     assert status == 503 and headers["retry-after"] == "1"

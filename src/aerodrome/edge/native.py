@@ -27,6 +27,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODULES = ("cors", "routes", "upstream", "proxy", "worker")
+# What the compiled modules import from the rest of aerodrome: mypyc builds in the types it
+# declares, so a build is stale when any of these changes too.
+DEPENDENCIES = ("edge/tls.py", "platform/http_service.py", "platform/http_policy.py", "ids.py")
 GROUP = "aerodrome.edge._compiled"  # the shared runtime: aerodrome/edge/_compiled__mypyc.*.so
 MANIFEST = "manifest.json"
 
@@ -39,12 +42,11 @@ def build_root() -> Path:
 
 
 def fingerprint() -> dict[str, object]:
-    """What a build must match to be used: every compiled source, byte for byte, and the
-    interpreter's ABI (its extension suffix)."""
-    sources = {
-        name: hashlib.sha256((PACKAGE_DIR / f"{name}.py").read_bytes()).hexdigest()
-        for name in MODULES
-    }
+    """What a build must match to be used: every compiled source and what they import from
+    aerodrome, byte for byte, and the interpreter's ABI (its extension suffix)."""
+    files = [f"edge/{name}.py" for name in MODULES] + list(DEPENDENCIES)
+    root = PACKAGE_DIR.parent
+    sources = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in files}
     return {"ext_suffix": sysconfig.get_config_var("EXT_SUFFIX"), "sources": sources}
 
 
@@ -76,6 +78,8 @@ def is_compiled() -> bool:
 def build(root: Path, *, quiet: bool = True) -> None:
     """Compile `MODULES` into `root` and write its manifest last (a build cut short is never
     used). Raises `RuntimeError` with the compiler's output when compiling fails."""
+    if root.exists() and any(root.iterdir()) and not (root / MANIFEST).exists():
+        raise RuntimeError(f"{root} holds something other than a build: not replacing it")
     wanted = fingerprint()
     with tempfile.TemporaryDirectory(prefix="aero-native-") as tmp:
         work = Path(tmp)
@@ -107,14 +111,18 @@ def build(root: Path, *, quiet: bool = True) -> None:
         if fingerprint() != wanted:
             raise RuntimeError("the sources changed while compiling; run the build again")
         staging = root.with_name(root.name + ".new")
-        shutil.rmtree(staging, ignore_errors=True)
+        old = root.with_name(root.name + ".old")
+        for leftover in (staging, old):
+            shutil.rmtree(leftover, ignore_errors=True)
         target = staging / "aerodrome" / "edge"
         target.mkdir(parents=True)
         for path in built:
             shutil.copy2(path, target / path.name)
         (staging / MANIFEST).write_text(json.dumps(wanted, indent=2) + "\n")
-        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            root.rename(old)  # a process starting now finds no build and runs as Python
         staging.rename(root)
+        shutil.rmtree(old, ignore_errors=True)
     if not quiet:
         print(f"compiled the edge's request path into {root}", file=sys.stderr)
 

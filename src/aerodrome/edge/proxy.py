@@ -63,6 +63,11 @@ MAX_QUEUED = 8
 _CLOSED_PARSER = httptools.HttpRequestParser(object())
 
 
+def unread_body(ex: Exchange) -> bool:
+    """Whether part of the request's body has not arrived yet."""
+    return not ex.body_done and (ex.chunked_in or bool(ex.content_length))
+
+
 def status_line(status: int) -> bytes:
     return STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
 
@@ -205,7 +210,7 @@ class EdgeProtocol:
             tunnel.tunnel = None
             tunnel.close()
             return
-        self.waiting = None
+        self._leave_line()
         for ex in (self.active, *self.queue):
             if ex is not None and ex.upstream is not None:
                 conn, ex.upstream = ex.upstream, None
@@ -454,6 +459,13 @@ class EdgeProtocol:
         pool.begin(address)
         self._use_slot(ex, address)
 
+    def _leave_line(self) -> None:
+        """Withdraw the waiting request from the line for a slot (its entries there are
+        dropped lazily, so let go of its buffered body now)."""
+        if self.waiting is not None:
+            self.waiting.chunks.clear()
+            self.waiting = None
+
     def slot_granted(self, ex: Exchange, address: Address) -> None:
         """A slot at `address` freed while `ex` waited in line: it is ex's now."""
         self.waiting = None
@@ -587,9 +599,9 @@ class EdgeProtocol:
         if ex.out_chunked:
             self.out.append(b"0\r\n\r\n")
         ex.upstream = None
+        if unread_body(ex):  # the app answered before it had the whole body: not in step
+            conn.close()
         self.worker.pool.end(conn.address)
-        if not ex.body_done:
-            ex.keep_alive = False  # the app answered before reading the whole body
         self._finish(ex)
 
     def upstream_failed(self, conn: UpstreamConnection, status: int, message: str) -> None:
@@ -625,7 +637,7 @@ class EdgeProtocol:
 
     def _abandon_upstream(self, ex: Exchange) -> None:
         if self.waiting is ex:
-            self.waiting = None  # out of the line for a slot
+            self._leave_line()
         conn, ex.upstream = ex.upstream, None
         if conn is not None:
             conn.client = None
@@ -765,6 +777,8 @@ class EdgeProtocol:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _finish(self, ex: Exchange) -> None:
+        if unread_body(ex):
+            ex.keep_alive = False  # answered before its body arrived: the rest is unread
         self.flush()
         if self.active is ex:
             self.active = None
@@ -863,7 +877,7 @@ class EdgeProtocol:
         elif kind == "queue":
             ex = self.waiting
             if ex is not None and ex is self.active:
-                self.waiting = None
+                self._leave_line()
                 self._send_error(ex, 503, "the app is at its concurrency limit", retry_after=True)
         else:  # an idle WebSocket past its configured timeout
             self.transport.close()

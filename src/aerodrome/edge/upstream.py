@@ -43,6 +43,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         "chunked",
         "client",
         "closed",
+        "finished",
         "has_length",
         "head",
         "head_request",
@@ -51,6 +52,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         "pool",
         "reused",
         "status",
+        "stray",
         "transport",
         "tunnel",
     )
@@ -62,6 +64,9 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.parser = httptools.HttpResponseParser(self)
         self.client: EdgeProtocol | None = None
         self.tunnel: EdgeProtocol | None = None
+        # The client whose response this read completed: told once the whole read is parsed.
+        self.finished: EdgeProtocol | None = None
+        self.stray = False  # bytes came after a complete response: never reuse
         # The response's header lines as they will be relayed (hop-by-hop ones left out),
         # as the pieces the client side joins into its next write.
         self.head: list[bytes] = []
@@ -93,13 +98,27 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             return
         try:
             self.parser.feed_data(data)
-            if client.out:  # everything this read produced goes out as one write
-                client.flush()
         except httptools.HttpParserUpgrade as upgrade:
             client.upstream_upgraded(self, data[upgrade.args[0] :])
+            return
         except httptools.HttpParserError:
+            self.finished = None
             self.close()
             client.upstream_failed(self, 502, "the app sent an invalid HTTP response")
+            client.flush()
+            return
+        finished = self.finished
+        if finished is not None:
+            # The response is complete and this read parsed to its end. Back to the pool
+            # first, so the request that the freed slot goes to (`UpstreamPool.end`) reuses
+            # this connection; never one the app sent more than the response on.
+            self.finished = None
+            if self.keep_alive and not self.closed and not self.stray:
+                self.pool.release(self)
+            else:
+                self.close()
+            finished.response_complete(self)
+        if client.out:  # everything this read produced goes out as one write
             client.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -128,8 +147,11 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             peer.resume_reading_for_peer()
 
     # -- httptools callbacks ------------------------------------------------------------------
-    # No on_message_begin: the per-response state is reset in on_headers_complete, which
-    # saves a callback per response.
+    # The per-response state is reset in on_headers_complete.
+
+    def on_message_begin(self) -> None:
+        if self.client is None:  # a message after the response, in the same read
+            self.stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
@@ -165,18 +187,12 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             client.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self.status == 101:
-            return  # a switch of protocols: the connection becomes a tunnel, never pooled
-        client, self.client = self.client, None
-        if client is None:
+        if self.status < 200:
+            # An interim response (100 Continue: the final one follows), or a switch of
+            # protocols (the connection becomes a tunnel, never pooled).
             return
-        # Back to the pool first: the request that the freed slot goes to (see
-        # `UpstreamPool.end`) then reuses this connection instead of opening one.
-        if self.keep_alive and not self.closed:
-            self.pool.release(self)
-        else:
-            self.close()
-        client.response_complete(self)
+        client, self.client = self.client, None
+        self.finished = client  # `data_received` finishes the exchange after this read
 
     # -- used by the client side --------------------------------------------------------------
 

@@ -136,7 +136,6 @@ class Worker:
         # Wall-clock seconds from the monotonic clock the request times already use: one
         # clock read per request. Re-read each second, so a clock step shows within one.
         self._wall_offset = time.time() - time.monotonic()
-        self._paths: dict[bytes, bytes] = {}  # request target -> `log_path(target)`
         self._tasks: list[asyncio.Task[None]] = []
 
     def request_id(self) -> bytes:
@@ -155,16 +154,7 @@ class Worker:
         if second != self._stamp_second:
             self._stamp_second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)).encode()
-        # Keep-alive clients repeat their URLs: each path is rendered once. URLs with a query
-        # string are not kept (it may carry credentials), nor more than 1,024 of the others.
-        url = ex.url
-        path = self._paths.get(url)
-        if path is None:
-            path = log_path(url)
-            if b"?" not in url:
-                if len(self._paths) >= 1024:
-                    self._paths.clear()
-                self._paths[url] = path
+        path = log_path(ex.url)
         # The method is one llhttp accepted (letters only); the rest is the edge's own.
         self.access_log.add(
             b'{"time": "%b", "request_id": "%b", "app": "%b", "method": "%b", "path": %b, '
