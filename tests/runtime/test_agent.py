@@ -370,6 +370,53 @@ def test_a_machine_failing_its_check_leaves_the_route_table_until_it_passes(
 
 
 @sqlite_only
+def test_a_restart_asked_for_during_crash_backoff_leaves_one_live_credential(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    release(services, tmp_path)
+    agent = Agent(services)
+
+    def live_credentials() -> int:
+        with services.store.read() as session:
+            rows = session.execute(select(Token).where(Token.kind == "machine")).scalars()
+            return sum(1 for row in rows if row.revoked_at is None)
+
+    async def scenario() -> None:
+        await settle(agent)
+        [running] = agent.of_app(web.id)
+
+        async def back() -> bool:
+            return running.machine.running and upstreams(services) == [running.address]
+
+        async def backing_off() -> bool:  # noticed: unrouted, credential revoked
+            return running.restart_at > 0
+
+        assert running.machine.process is not None
+        running.machine.process.kill()
+        await until(backing_off, agent, 10)
+        assert live_credentials() == 0
+        with services.store.write() as tx:  # `aero machines restart` meanwhile
+            machine_rules.request(tx, tx.session.merge(web), running.machine_id, "restart")
+        await until(back, agent, 10)
+        assert live_credentials() == 1
+
+        assert running.machine.process is not None
+        crashed = running.machine.process.pid
+        running.machine.process.kill()  # and it crashes again: the same as a first crash
+
+        async def restarted() -> bool:
+            process = running.machine.process
+            return process is not None and process.pid != crashed and await back()
+
+        await until(restarted, agent, 15)
+        assert live_credentials() == 1
+        await agent.shutdown()
+        assert live_credentials() == 0
+
+    asyncio.run(scenario())
+
+
+@sqlite_only
 def test_a_crashing_machine_restarts_then_is_marked_failed(
     services: Services, web: App, tmp_path: Path
 ) -> None:

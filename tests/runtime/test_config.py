@@ -164,3 +164,18 @@ def test_aero_config_validate(tmp_path: Path) -> None:
         [*aero, "-c", str(tmp_path / "nope.toml")], capture_output=True, text=True, timeout=60
     )
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("5", 5.0), ("1.5", 1.5), ('"750ms"', 0.75), ('"2s"', 2.0)],
+)
+def test_kill_timeout_numbers_are_seconds(written: str, seconds: float) -> None:
+    assert load_config(f"kill_timeout = {written}\n" + GOOD).kill_timeout == seconds
+
+
+@pytest.mark.parametrize("written", ["true", "-1", "301", '"soon"'])
+def test_a_bad_kill_timeout_is_refused(written: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(f"kill_timeout = {written}\n" + GOOD)
+    assert any("kill_timeout" in problem for problem in error.value.problems)

@@ -227,3 +227,23 @@ def test_hand_over_changes_links_not_their_targets(open_dir: Path) -> None:
     assert outside.stat().st_uid == 0
     assert (tree / "sub" / "link").lstat().st_uid == PRODUCTION
     assert (tree / "sub").stat().st_uid == PRODUCTION and tree.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_failing_log_sink_loses_lines_but_keeps_the_machine_running(tmp_path: Path) -> None:
+    kept: list[str] = []
+
+    def sink(line: LogLine) -> None:
+        if line.message == "first":
+            raise OSError(28, "No space left on device")
+        kept.append(line.message)
+
+    # Far more than a pipe holds: a dead reader would block the app on its writes.
+    command = "echo first; i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done"
+    machine = Machine(spec(tmp_path, command), Redactor([CANARY]), sink)
+
+    async def go() -> int:
+        await machine.start({})
+        return await asyncio.wait_for(machine.wait(), 30)
+
+    assert asyncio.run(go()) == 0
+    assert kept[-1] == "line-19999" and "first" not in kept

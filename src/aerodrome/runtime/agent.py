@@ -340,7 +340,9 @@ class Agent:
     async def _status(self, app: App, number: int, status: str, reason: str = "") -> None:
         def write() -> None:
             with self.services.store.write(self._audit) as tx:
-                machine_rules.set_release_status(tx, tx.session.merge(app), number, status, reason)
+                row = tx.session.get(App, app.id)  # never `merge`: it would re-create a removed app
+                if row is not None:
+                    machine_rules.set_release_status(tx, row, number, status, reason)
 
         await asyncio.to_thread(write)
 
@@ -398,9 +400,10 @@ class Agent:
 
     def _record(self, app: App, machine_id: str, release: int) -> None:
         with self.services.store.write(self._audit) as tx:
-            machine_rules.create_machine(
-                tx, tx.session.merge(app), machine_id, release, self.region
-            )
+            row = tx.session.get(App, app.id)
+            if row is None:
+                raise StartFailed(f"{app.name} was removed")
+            machine_rules.create_machine(tx, row, machine_id, release, self.region)
 
     def _destroy(self, machine_id: str, workdir: Path) -> None:
         with self.services.store.write(self._audit) as tx:
@@ -412,28 +415,35 @@ class Agent:
             machine_rules.report(tx, machine_id, **fields)
 
     async def _start(self, running: Running) -> None:
-        """Mint a credential, unseal this release's secrets with it, start the process."""
+        """Mint a credential, unseal this release's secrets with it, start the process. The
+        machine's previous credential is revoked first, and the new one if starting fails."""
+        running.restart_at = 0.0  # whoever starts it (a request, a crash restart) ends backoff
+        await asyncio.to_thread(self._revoke_credential, running)
         await asyncio.to_thread(self._report, running.machine_id, state="starting", reason="")
         credential, credential_id, identity = await asyncio.to_thread(self._credential, running)
         running.credential_id, running.credential_at = credential_id, time.monotonic()
-        secrets = await asyncio.to_thread(
-            unseal_for_machine, self.services, credential, running.app_id, running.release,
-            running.machine_id,
-        )  # fmt: skip
-        check = MachineCredentialCheck(self.services, credential, identity)
-        del credential
-        if running.api is None:
-            spec = running.machine.spec
-            assert spec.api_socket is not None
-            running.api = await LocalApi.start(
-                spec.api_socket, identity, check, owner_uid=spec.user
-            )
-        else:
-            running.api.check = check
-        running.machine.redactor = Redactor(secrets.values())
-        self._bind_logs(running)
-        running.stopped, running.healthy, running.failures = False, False, 0
-        await running.machine.start(secrets)
+        try:
+            secrets = await asyncio.to_thread(
+                unseal_for_machine, self.services, credential, running.app_id, running.release,
+                running.machine_id,
+            )  # fmt: skip
+            check = MachineCredentialCheck(self.services, credential, identity)
+            del credential
+            if running.api is None:
+                spec = running.machine.spec
+                assert spec.api_socket is not None
+                running.api = await LocalApi.start(
+                    spec.api_socket, identity, check, owner_uid=spec.user
+                )
+            else:
+                running.api.check = check
+            running.machine.redactor = Redactor(secrets.values())
+            self._bind_logs(running)
+            running.stopped, running.healthy, running.failures = False, False, 0
+            await running.machine.start(secrets)
+        except BaseException:
+            await asyncio.to_thread(self._revoke_credential, running)
+            raise
 
     def _bind_logs(self, running: Running) -> None:
         app_id, region = running.app_id, self.region
@@ -541,7 +551,9 @@ class Agent:
 
         def write() -> None:
             with self.services.store.write(self._audit) as tx:
-                row = tx.session.merge(app)
+                row = tx.session.get(App, app.id)
+                if row is None:  # removed meanwhile: nothing to route
+                    return
                 for running in add:
                     running.upstream_id = upstream_rules.add_upstream(tx, row, running.address).id
                 for running in remove:
@@ -753,7 +765,6 @@ def main() -> None:
         await agent.run(stop)
 
     uvloop.run(run())
-    shutil.rmtree(services.settings.machines_dir, ignore_errors=True)
     print(json.dumps({"stopped": True}), flush=True)
 
 

@@ -239,9 +239,11 @@ def load_config(text: str, filename: str = DEFAULT_FILE) -> AppConfig:
     kill_signal = data.get("kill_signal", "SIGINT")
     if kill_signal not in KILL_SIGNALS:
         checker.fail("", "kill_signal", f"must be one of {', '.join(KILL_SIGNALS)}")
-    kill_timeout = parse_duration(data.get("kill_timeout", "5s"))
-    if isinstance(data.get("kill_timeout"), int):  # fly.toml's plain number is seconds here
-        kill_timeout = float(data["kill_timeout"])
+    raw_timeout = data.get("kill_timeout", "5s")
+    if isinstance(raw_timeout, int | float) and not isinstance(raw_timeout, bool):
+        kill_timeout: float | None = float(raw_timeout)  # fly.toml's plain number is seconds
+    else:
+        kill_timeout = parse_duration(raw_timeout)
     if kill_timeout is None or not 0 <= kill_timeout <= 300:
         checker.fail("", "kill_timeout", 'must be a duration up to 300s, such as "5s"')
         kill_timeout = 5.0

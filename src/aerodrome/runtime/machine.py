@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import resource
 import signal
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
+
+log = logging.getLogger("aerodrome.runtime")
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 PR_SET_NO_NEW_PRIVS = 38
@@ -158,6 +161,9 @@ class Machine:
         self.redactor = redactor
         self.sink = sink
         self.process: asyncio.subprocess.Process | None = None
+        # Whether the group of the process that ended was killed: once only, since its pid
+        # (the group id) is free for reuse from then on.
+        self._group_killed = False
         self.started_at = 0.0
         self._readers: list[asyncio.Task[None]] = []
 
@@ -174,6 +180,7 @@ class Machine:
                 raise PermissionError(f"running a machine as uid {uid} needs the agent to be root")
             check_searchable(self.spec.workdir, uid)
             await asyncio.to_thread(hand_over, self.spec.workdir, uid)
+        self._group_killed = False
         self.process = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
             cwd=self.spec.workdir,
@@ -216,9 +223,12 @@ class Machine:
 
     async def _emit(self, stream: str, data: bytes) -> None:
         text = data.decode("utf-8", errors="replace").rstrip("\n")
-        result = self.sink(LogLine(time.time(), self.spec.machine_id, stream, text))
-        if result is not None:
-            await result
+        try:
+            result = self.sink(LogLine(time.time(), self.spec.machine_id, stream, text))
+            if result is not None:
+                await result
+        except Exception as error:  # e.g. a full disk: drop the line, keep draining the pipe
+            log.warning("a log line of %s was lost: %s", self.spec.machine_id, type(error).__name__)
 
     @property
     def running(self) -> bool:
@@ -229,8 +239,10 @@ class Machine:
         code = await self.process.wait()
         # The machine is its main process: once that is gone, so is anything it left behind
         # (which would otherwise keep the output pipes, and a port, open).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if not self._group_killed:
+            self._group_killed = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         await asyncio.gather(*self._readers, return_exceptions=True)
         return code
 
