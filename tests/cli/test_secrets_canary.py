@@ -91,6 +91,10 @@ def test_canary_secret_never_appears_in_plaintext(
     )
     assert failed.returncode == 1 and "invalid secret name" in failed.stderr
     outputs.extend([failed.stdout, failed.stderr])
+    # The value pasted alone, without its NAME=: refused without echoing the line.
+    bare = platform.aero("secrets", "import", "-a", "canary-app", stdin=canary + "\n", check=False)
+    assert bare.returncode == 1 and "no NAME=" in bare.stderr
+    outputs.extend([bare.stdout, bare.stderr])
     run("secrets", "list", "-a", "canary-app")
     run("secrets", "list", "-a", "canary-app", "--json")
     run("secrets", "history", "-a", "canary-app", "CANARY", "--json")

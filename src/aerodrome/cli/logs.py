@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,30 +16,24 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
+from rich.markup import escape
 
 from aerodrome.cli.client import Client
 from aerodrome.cli.common import client
-from aerodrome.cli.output import JsonFlag, err_console
+from aerodrome.cli.output import JsonFlag, err_console, visible
 from aerodrome.errors import AeroError
 
 FOLLOW_BATCH = 1000  # the API's largest page
 FOLLOW_WAIT = 20  # seconds the API holds a follow request open; below the client's timeout
 MIN_INTERVAL = 0.5  # never ask more often than this when nothing comes
 MAX_BACKOFF = 10.0
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _visible(text: str) -> str:
-    """Control characters (escape sequences, carriage returns, bells) as `\\xNN`: an app's
-    output is shown, never interpreted by the terminal. Tabs stay."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _time(value: str) -> str:
     try:
         return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (TypeError, ValueError):
-        return _visible(str(value))
+        return visible(str(value))
 
 
 def _print(lines: list[dict[str, Any]], json_mode: bool) -> None:
@@ -49,12 +42,12 @@ def _print(lines: list[dict[str, Any]], json_mode: bool) -> None:
         if json_mode:
             out.append(json.dumps(line, separators=(",", ":")))
             continue
-        machine = _visible(str(line.get("machine", "")))
-        region = _visible(str(line.get("region", "")))
-        stream = _visible(str(line.get("stream", "")))
+        machine = visible(str(line.get("machine", "")))
+        region = visible(str(line.get("region", "")))
+        stream = visible(str(line.get("stream", "")))
         out.append(
             f"{_time(line.get('time', ''))} {machine}[{region}] {stream:<6}  "
-            f"{_visible(str(line.get('message', '')))}"
+            f"{visible(str(line.get('message', '')))}"
         )
     if out:
         sys.stdout.write("\n".join(out) + "\n")
@@ -78,7 +71,7 @@ def _follow(api: Client, path: str, params: dict[str, Any], cursor: int, json_mo
             if not _transient(error):
                 raise
             err_console.print(
-                f"[yellow]aero logs:[/yellow] {error.message}; retrying in {backoff:.0f}s",
+                f"[yellow]aero logs:[/yellow] {escape(error.message)}; retrying in {backoff:.0f}s",
                 highlight=False,
                 markup=True,
                 soft_wrap=True,

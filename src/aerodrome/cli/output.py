@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any, NoReturn
@@ -20,6 +21,15 @@ AppOpt = Annotated[str, typer.Option("--app", "-a", help="App name or id.")]
 # Piped output is for scripts and logs: never wrap or truncate it to a guessed width.
 console = Console(width=None if sys.stdout.isatty() else 240)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """Control characters (escape sequences, carriage returns, bells) as `\\xNN`: an app's
+    output is shown, never interpreted by the terminal. Tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def emit_json(data: Any) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from aerodrome.cli.client import Client
-from aerodrome.cli.output import console, emit_json, err_console
+from aerodrome.cli.output import console, emit_json, err_console, visible
 from aerodrome.errors import AeroError
 from aerodrome.ids import MACHINE_ID
 
@@ -83,7 +83,8 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
         )
     else:
         err_console.print(
-            f"[red]release {number} of {app} failed:[/red] {escape(release['status_reason'])}",
+            f"[red]release {number} of {app} failed:[/red] "
+            f"{escape(visible(release['status_reason']))}",
             highlight=False,
             soft_wrap=True,
         )
@@ -92,7 +93,7 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
             err_console.print(f"  last log lines of {lines[0]['machine']}:", highlight=False)
             for line in lines:
                 err_console.print(
-                    f"    {line['stream']:<6} {escape(line['message'])}",
+                    f"    {line['stream']:<6} {escape(visible(line['message']))}",
                     highlight=False,
                     soft_wrap=True,
                 )

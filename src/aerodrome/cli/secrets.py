@@ -128,9 +128,11 @@ def import_(
     """Set secrets from NAME=VALUE lines on stdin (dotenv syntax: quotes, multi-line values)."""
     text = _read_stdin()
     parsed = dotenv_values(stream=io.StringIO(text), interpolate=False)
-    empty = [name for name, value in parsed.items() if value is None]
-    if empty:
-        raise InvalidInput(f"no value for {empty[0]!r}", hint="each line must be NAME=VALUE")
+    if any(value is None for value in parsed.values()):
+        # Never echo the line: a value typed without its NAME= would reach the terminal.
+        raise InvalidInput(
+            "a line on stdin has no NAME= before its value", hint="each line must be NAME=VALUE"
+        )
     if not parsed:
         raise InvalidInput("no NAME=VALUE lines on stdin")
     body = {"values": {k: v for k, v in parsed.items() if v is not None}, "stage": stage}
