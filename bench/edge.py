@@ -1243,7 +1243,9 @@ class Bench:
         for proxy in (*PROXIES, REFERENCE):
             self.wrk(proxy, plan.wrk_warmup)
         for i in range(plan.wrk_rounds):
-            for proxy in (*self.order(i), REFERENCE):
+            # The reference takes turns at the start and the end of a round.
+            order = (*self.order(i), REFERENCE) if i % 2 == 0 else (REFERENCE, *self.order(i))
+            for proxy in order:
                 result = self.wrk(proxy, plan.wrk_seconds)
                 self.add(proxy, "wrk", result)
                 log(
