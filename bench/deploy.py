@@ -770,6 +770,8 @@ def readme_section(table: str, method: str, when: str, run_notes: list[str]) -> 
         "first passing check; the unseal that precedes every start is timed on its own. The",
         "peers are a naive restart and a naive `Popen` of the same app; see the script's",
         "docstring. Medians, with min-max: the machine is shared (see Method), so they are noisy.",
+        "Rows without a peer have none: they break down the row above them, or (unsealing) are",
+        "set against the machine start measured in the same run.",
         "",
         f"Last run: {when}.",
         "",
