@@ -75,8 +75,9 @@ from typing import Any
 import uvloop
 
 from aerodrome.ids import new_id
+from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime.agent import free_port
-from aerodrome.runtime.machine import SAFE_PATH, Machine, MachineSpec, machine_uid
+from aerodrome.runtime.machine import SAFE_PATH, Machine, MachineSpec, machine_user
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
 from aerodrome.up import read_env_file
@@ -94,6 +95,7 @@ CHECK_POLL = 0.010  # seconds between GET /healthz while waiting for a machine
 SECTION_BEGIN = "<!-- deploy:begin -->"
 SECTION_END = "<!-- deploy:end -->"
 RELEASE_SHOWN = re.compile(rb"release <b>(\d+)</b>")
+BENCH_UID = MACHINE_UIDS["production"][0]  # as an agent would run the first app's machines
 
 
 def log(message: str) -> None:
@@ -499,7 +501,7 @@ async def start_machine(base: Path, key: str) -> dict[str, float]:
     spec = MachineSpec(
         machine_id=machine_id, app=APP, release=1, region="local", command="python3 app.py",
         workdir=workdir, port=free_port(), env={"BENCH_ROUND": "1"},
-        user=machine_uid("production"),
+        user=machine_user(BENCH_UID),
     )  # fmt: skip
     lines: list[Any] = []
     machine = Machine(spec, Redactor([key.encode()]), lines.append)
@@ -564,7 +566,7 @@ def bench_starts(tmp: Path, runs: int) -> dict[str, Any]:
     uvloop.run(run())  # the agent's event loop
     return {
         "runs": runs,
-        "uid": machine_uid("production"),
+        "uid": machine_user(BENCH_UID),
         "aerodrome_passing_s": summary([r["passing"] for r in ours]),
         "aerodrome_spawned_s": summary([r["spawned"] for r in ours]),
         "naive_passing_s": summary([r["passing"] for r in peer]),

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from aerodrome.config import Settings
-from aerodrome.runtime.machine import machine_uid
+from aerodrome.platform.apps import MACHINE_UIDS
 from tests.cli.conftest import Platform
 from tests.cli.test_deploy import poll_app
 
@@ -201,8 +201,10 @@ def test_a_test_environment_token_cannot_reach_production(
         app: {uid_of(platform, m["id"]) for m in platform.aero_json("machines", "list", "-a", app)}
         for app in ("env-prod", "env-qa")
     }
-    assert uids == {"env-prod": {machine_uid("production")}, "env-qa": {machine_uid("test")}}
-    assert machine_uid("production") != machine_uid("test")
+    assigned = {app: platform.aero_json("apps", "show", app)["machine_uid"] for app in uids}
+    assert uids == {app: {uid} for app, uid in assigned.items()}  # each app its own uid
+    assert assigned["env-prod"] in MACHINE_UIDS["production"]
+    assert assigned["env-qa"] in MACHINE_UIDS["test"]  # the range the firewall rule matches
 
 
 class Watch:

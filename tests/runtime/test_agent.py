@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from aerodrome.errors import NotFound
 from aerodrome.platform import apps as app_rules
 from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
@@ -23,7 +24,6 @@ from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime import agent as agent_module
 from aerodrome.runtime.agent import Agent, Running
 from aerodrome.runtime.artifact import app_artifacts, build_artifact, store_artifact
-from aerodrome.runtime.machine import machine_uid
 from aerodrome.secrets.values import SecretValue
 from aerodrome.services import Services
 from aerodrome.store.models import App, Release, Token, Upstream
@@ -52,6 +52,11 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_response(500); self.end_headers(); return
         pages = {"/healthz": "ok", "/pid": str(os.getpid()),
                  "/": os.environ["GREETING"] + ":" + str(len(os.environ["API_KEY"]))}
+        if self.path.startswith("/environ/"):  # another process's environment, if it may
+            try:
+                pages[self.path] = str(len(open("/proc/" + self.path[9:] + "/environ").read()))
+            except OSError as e:
+                pages[self.path] = type(e).__name__
         body = pages.get(self.path, "no such page").encode()
         self.send_response(200 if self.path in pages else 404)
         self.send_header("content-length", str(len(body)))
@@ -64,12 +69,14 @@ SECRET = "s3cret-value-for-the-app"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-@pytest.fixture
-def web(services: Services) -> App:
+def make_app(services: Services, name: str) -> App:
     with services.store.write() as tx:
         admin = org_rules.get_or_create_user(tx, "a@example.com")
-        org = org_rules.create_org(tx, "acme", None, admin)
-        app = app_rules.create_app(tx, org, "web", "production", admin.id)
+        try:
+            org = org_rules.get_org(tx.session, "acme")
+        except NotFound:
+            org = org_rules.create_org(tx, "acme", None, admin)
+        app = app_rules.create_app(tx, org, name, "production", admin.id)
         release_rules.set_secrets(
             tx,
             services.keyring(tx.session),
@@ -78,6 +85,11 @@ def web(services: Services) -> App:
             {"API_KEY": SecretValue(SECRET.encode())},
         )
     return app
+
+
+@pytest.fixture
+def web(services: Services) -> App:
+    return make_app(services, "web")
 
 
 @pytest.fixture
@@ -98,6 +110,7 @@ def release(
     strategy: str = "rolling",
     env: dict[str, str] | None = None,
     command: str = "python3 server.py",
+    app_name: str = "web",
 ) -> int:
     source = tmp_path / f"src{time.monotonic_ns()}"
     source.mkdir()
@@ -109,7 +122,7 @@ def release(
         if check_path
         else ""
     )
-    config = f"""app = "web"
+    config = f"""app = "{app_name}"
 kill_timeout = "2s"
 [env]
 GREETING = "hello"
@@ -124,7 +137,7 @@ internal_port = 8080
 {checks}"""
     artifact = build_artifact(source)
     with services.store.write() as tx:
-        app = tx.session.execute(select(App).where(App.name == "web")).scalar_one()
+        app = tx.session.execute(select(App).where(App.name == app_name)).scalar_one()
         store_artifact(artifact, app_artifacts(services.settings.data_dir, app.id))
         artifact.discard()
         return release_rules.create_release(
@@ -470,8 +483,35 @@ def test_a_machine_knows_itself_through_its_local_api_and_runs_unprivileged(
         "app": "web", "app_id": web.id, "org": "acme", "org_id": web.org_id,
         "machine": running_id, "release": number, "region": "local",
     }  # fmt: skip
-    assert f" uid {machine_uid('production')} " in line  # not root: the production uid
+    assert f" uid {web.machine_uid} " in line  # not root: the app's own uid
     assert "aero1_" not in line and "AERO_API_SOCKET" in line  # the socket, not the credential
+
+
+@sqlite_only
+def test_machines_of_two_apps_run_as_two_uids_and_cannot_read_each_others_secrets(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    other = make_app(services, "other")
+    release(services, tmp_path)
+    release(services, tmp_path, app_name="other")
+    agent = Agent(services)
+
+    async def scenario() -> dict[str, str]:
+        await settle(agent)
+        [mine], [theirs] = agent.of_app(web.id), agent.of_app(other.id)
+        own_pid, their_pid = await get(mine.address, "/pid"), await get(theirs.address, "/pid")
+        seen = {
+            "own": await get(mine.address, f"/environ/{own_pid}"),
+            "theirs": await get(mine.address, f"/environ/{their_pid}"),
+            "back": await get(theirs.address, f"/environ/{own_pid}"),
+        }
+        await agent.shutdown()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert web.machine_uid != other.machine_uid
+    assert seen["own"].isdigit() and int(seen["own"]) > len(SECRET)  # it can read its own
+    assert seen["theirs"] == seen["back"] == "PermissionError"  # not the other app's secrets
 
 
 @sqlite_only

@@ -23,6 +23,7 @@ from aerodrome.ids import new_id
 from aerodrome.platform import apps as app_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import tokens as token_records
+from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime.localapi import (
     MAX_HEAD,
     HttpError,
@@ -32,7 +33,7 @@ from aerodrome.runtime.localapi import (
     bind_private,
     parse_head,
 )
-from aerodrome.runtime.machine import ENVIRONMENT_UIDS, LogLine, Machine, MachineSpec
+from aerodrome.runtime.machine import LogLine, Machine, MachineSpec
 from aerodrome.secrets.redact import Redactor
 from aerodrome.services import Services
 from aerodrome.store.models import Token
@@ -48,7 +49,7 @@ IDENTITY = Identity(
     release=7,
     region="local",
 )
-PRODUCTION, TEST = ENVIRONMENT_UIDS["production"], ENVIRONMENT_UIDS["test"]
+PRODUCTION, TEST = MACHINE_UIDS["production"][0], MACHINE_UIDS["test"][1]
 CURL = 'curl -sS -w "status=%{http_code}\\n" --unix-socket "$AERO_API_SOCKET" http://x/v1/self'
 
 

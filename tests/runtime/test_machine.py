@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime.machine import (
-    ENVIRONMENT_UIDS,
     LogLine,
     Machine,
     MachineSpec,
     hand_over,
     machine_environment,
-    machine_uid,
+    machine_user,
 )
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
@@ -158,16 +158,17 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
 
 # -- machines as an unprivileged uid (the tests run as root) -------------------------------------
 
-PRODUCTION, TEST = ENVIRONMENT_UIDS["production"], ENVIRONMENT_UIDS["test"]
+# Two apps' uids, as `create_app` hands them out.
+PRODUCTION, TEST = MACHINE_UIDS["production"][0], MACHINE_UIDS["test"][1]
 
 
-def test_machine_uid_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_machine_runs_as_its_apps_uid_only_under_a_root_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert os.geteuid() == 0, "these tests run as root (as the agent does in production)"
-    assert machine_uid("production") == PRODUCTION and machine_uid("test") == TEST
-    with pytest.raises(ValueError):
-        machine_uid("staging")
+    assert machine_user(PRODUCTION) == PRODUCTION
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert machine_uid("production") is None  # an unprivileged agent runs machines as itself
+    assert machine_user(PRODUCTION) is None  # an unprivileged agent runs machines as itself
 
 
 def test_a_machine_runs_as_its_uid_and_cannot_read_other_trees(open_dir: Path) -> None:

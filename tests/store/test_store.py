@@ -5,14 +5,19 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import func, select, text
 
 from aerodrome.audit.store import audit_public_key, verify_store
 from aerodrome.errors import Conflict
 from aerodrome.ids import has_prefix, new_id
+from aerodrome.platform import apps as app_rules
 from aerodrome.platform import orgs as org_rules
+from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.services import Services
-from aerodrome.store.models import AuditEvent, Change, Org, StoreHead
+from aerodrome.store.db import MIGRATIONS, Store
+from aerodrome.store.models import App, AuditEvent, Change, Org, StoreHead
 
 
 def _counts(services: Services) -> tuple[int, int, int]:
@@ -90,3 +95,56 @@ def test_ids_are_prefixed_and_unguessable() -> None:
     assert all(has_prefix(i, "app") for i in ids)
     with pytest.raises(ValueError):
         new_id("nope")
+
+
+def test_each_app_gets_a_machine_uid_of_its_own_never_handed_on(services: Services) -> None:
+    with services.store.write() as tx:
+        admin = org_rules.get_or_create_user(tx, "a@example.com")
+        org = org_rules.create_org(tx, "uids", None, admin)
+        made = [
+            app_rules.create_app(tx, org, f"app-{n}", env, admin.id)
+            for n, env in enumerate(["production", "production", "test"])
+        ]
+    uids = [app.machine_uid for app in made]
+    assert len(set(uids)) == 3
+    assert all(app.machine_uid in MACHINE_UIDS[app.environment] for app in made)
+    with services.store.write() as tx:
+        app_rules.destroy_app(tx, app_rules.get_app(tx.session, "app-1"))
+        again = app_rules.create_app(tx, org, "app-1", "production", admin.id)
+    assert again.machine_uid not in uids  # a destroyed app's uid goes to nobody
+
+
+def test_the_uid_migration_numbers_existing_apps_in_creation_order(database_url: str) -> None:
+    store = Store(database_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0006")
+            conn.execute(
+                text("INSERT INTO orgs (id, slug, name, created_at) VALUES ('o', 'o', 'o', :t)"),
+                {"t": "2026-01-01 00:00:00"},
+            )
+            for name, environment, day in [("b", "test", 2), ("a", "production", 1)]:
+                conn.execute(
+                    text(
+                        "INSERT INTO apps (id, name, org_id, environment, created_at) "
+                        "VALUES (:n, :n, 'o', :e, :t)"
+                    ),
+                    {"n": name, "e": environment, "t": f"2026-01-0{day} 00:00:00"},
+                )
+        store.migrate()
+        with store.read() as session:
+            uids = {name: uid for name, uid in session.execute(select(App.name, App.machine_uid))}
+            created = session.execute(select(StoreHead.apps_created)).scalar_one()
+        assert uids == {"a": MACHINE_UIDS["production"][0], "b": MACHINE_UIDS["test"][1]}
+        assert created == 2
+        with store.write() as tx:
+            org = tx.session.get(Org, "o")
+            assert org is not None
+            user = org_rules.get_or_create_user(tx, "c@example.com")
+            later = app_rules.create_app(tx, org, "cc", "test", user.id)
+        assert later.machine_uid == MACHINE_UIDS["test"][2]
+    finally:
+        store.engine.dispose()

@@ -26,6 +26,7 @@ def app_view(app: App, org: Org | None = None) -> dict[str, Any]:
         "org_id": app.org_id,
         "org": org.slug if org else None,
         "environment": app.environment,
+        "machine_uid": app.machine_uid,
         "created_at": iso(app.created_at),
     }
 

@@ -12,6 +12,20 @@ from aerodrome.platform.names import validate_app_name, validate_environment
 from aerodrome.store.db import Tx
 from aerodrome.store.models import App, Certificate, Org, SecretVersion, Token
 
+# The machines of each app run as a uid of their own (gid the same), so one app cannot read
+# another's files or `/proc/PID/environ` (its secrets), signal its processes or reach its
+# local API socket. The uid comes from the app's environment range, indexed by a counter that
+# never goes back (`StoreHead.apps_created`): no two apps share one, and a destroyed app's uid
+# is never handed on (a straggling process or file of it would fall to the next app). The
+# ranges sit where nothing on a Debian host hands out ids: above systemd's container range
+# (524288-1879048191), below its foreign range (2147352576-) and the sign bit; no passwd entry
+# is needed. Test machines have a range of their own, so one nftables rule (runtime/isolation)
+# cuts them off from this host.
+MACHINE_UIDS = {
+    "production": range(0x7000_0000, 0x7400_0000),
+    "test": range(0x7400_0000, 0x7800_0000),
+}
+
 
 def get_app(session: Session, ref: str) -> App:
     column = App.id if ref.startswith("app_") else App.name
@@ -33,8 +47,20 @@ def create_app(tx: Tx, org: Org, name: str, environment: str, creator_id: str) -
     validate_environment(environment)
     if tx.session.execute(select(App.id).where(App.name == name)).first():
         raise Conflict(f"app name {name!r} is taken", hint="app names are global: choose another")
+    uids = MACHINE_UIDS[environment]
+    if tx.head.apps_created >= len(uids):
+        raise Conflict(
+            f"every machine uid for {environment} apps has been handed out",
+            hint="uids are never reused; this platform has created all the apps it can",
+        )
+    tx.head.apps_created += 1
     app = App(
-        id=new_id("app"), name=name, org_id=org.id, environment=environment, created_by=creator_id
+        id=new_id("app"),
+        name=name,
+        org_id=org.id,
+        environment=environment,
+        machine_uid=uids[tx.head.apps_created - 1],
+        created_by=creator_id,
     )
     tx.session.add(app)
     tx.session.flush()

@@ -40,12 +40,13 @@ from aerodrome.platform import http_service as upstream_rules
 from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.platform import tokens as token_records
+from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime.artifact import app_artifacts, stored_artifact, unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
 from aerodrome.runtime.isolation import isolate_test_machines
 from aerodrome.runtime.localapi import Identity, LocalApi, MachineCredentialCheck
 from aerodrome.runtime.logstore import LogStore
-from aerodrome.runtime.machine import LogLine, Machine, MachineSpec, machine_uid
+from aerodrome.runtime.machine import LogLine, Machine, MachineSpec, machine_user
 from aerodrome.secrets.machine import unseal_for_machine
 from aerodrome.secrets.redact import Redactor
 from aerodrome.services import Services
@@ -124,7 +125,7 @@ class Agent:
     # -- following the store -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, interval: float = 0.5) -> None:
-        problem = await asyncio.to_thread(isolate_test_machines, machine_uid("test"))
+        problem = await asyncio.to_thread(isolate_test_machines, MACHINE_UIDS["test"])
         if problem:
             log.warning("test-environment isolation: %s", problem)
         await asyncio.to_thread(self.forget_previous_run)
@@ -363,7 +364,7 @@ class Agent:
                 machine_id=machine_id, app=app.name, release=release.number,
                 region=self.region, command=config.command, workdir=workdir / "app", port=port,
                 env=config.env, api_socket=workdir / "api" / "api.sock",
-                user=machine_uid(app.environment),
+                user=machine_user(app.machine_uid),
             )  # fmt: skip
             machine = Machine(spec, Redactor([]), lambda line: None)  # both set by _start
             running = Running(app.id, app.name, release.number, config, machine, port)

@@ -6,10 +6,11 @@ into the environment (never argv, never disk). It runs in its own session and pr
 with resource limits and `no_new_privs`. Its stdout and stderr are read line by line and
 passed through the secrets redactor before anything stores or shows them.
 
-When the agent runs as root, a machine runs as an unprivileged uid (`MachineSpec.user`, see
-`machine_uid`): its workdir is handed over to that uid once, made 0700, and the child gets that
-uid and gid, no supplementary groups and umask 077. Production and test machines get different
-uids, so one cannot read the other's files, connect to its API socket or signal it.
+When the agent runs as root, a machine runs as its app's own unprivileged uid
+(`MachineSpec.user`, see `platform.apps.MACHINE_UIDS`): its workdir is handed over to that uid
+once, made 0700, and the child gets that uid and gid, no supplementary groups and umask 077.
+No two apps share a uid, so one app cannot read another's files or `/proc/PID/environ`,
+connect to its API socket or signal it.
 """
 
 from __future__ import annotations
@@ -37,18 +38,12 @@ PR_SET_PDEATHSIG = 1
 MAX_LINE = 16 * 1024  # a longer line is split; each piece is redacted
 DEFAULT_MEMORY = 512 * 1024 * 1024
 DEFAULT_OPEN_FILES = 1024
-# Fixed uids (gid = uid) per app environment. Chosen where nothing hands out ids: above
-# 65535, below 100000 (where /etc/subuid ranges start), outside systemd's DynamicUser range
-# (61184-65519) and Debian's on-demand range (60000-64999). No passwd entry is needed.
-ENVIRONMENT_UIDS = {"production": 70000, "test": 70001}
 
 
-def machine_uid(environment: str) -> int | None:
-    """The uid machines of an app in `environment` run as, or None when the agent is not
-    root (then machines run as the agent's own user, as in development)."""
-    if environment not in ENVIRONMENT_UIDS:
-        raise ValueError(f"unknown environment {environment!r}")
-    return ENVIRONMENT_UIDS[environment] if os.geteuid() == 0 else None
+def machine_user(app_uid: int) -> int | None:
+    """The uid a machine runs as: its app's own (`App.machine_uid`), or None when the agent
+    is not root (then machines run as the agent's own user, as in development)."""
+    return app_uid if os.geteuid() == 0 else None
 
 
 def check_searchable(path: Path, uid: int) -> None:

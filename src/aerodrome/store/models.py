@@ -53,6 +53,8 @@ class StoreHead(Base):
     revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     audit_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     audit_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Apps created, ever: each app's machine uid is drawn from it, so no uid is handed out twice.
+    apps_created: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class Change(Base):
@@ -100,6 +102,8 @@ class App(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), nullable=False, index=True)
     environment: Mapped[str] = mapped_column(String(16), nullable=False)
+    # The uid its machines run as (when the agent is root): its own, never shared or reused.
+    machine_uid: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
     created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
