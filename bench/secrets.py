@@ -27,6 +27,7 @@ from pathlib import Path
 
 from aerodrome.config import Settings
 from aerodrome.platform import apps as app_rules
+from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as secret_rules
 from aerodrome.platform import tokens as token_records
@@ -72,6 +73,7 @@ def bench_unseal(count: int, runs: int, rng: random.Random) -> dict[str, float]:
                     {k: SecretValue(v) for k, v in values.items()},
                 )
                 release = secret_rules.create_release(tx, app, "bench")
+                machine_rules.create_machine(tx, app, MACHINE, release.number, "local")
                 minted, _ = token_records.create_token(
                     tx,
                     services.root,

@@ -28,6 +28,7 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform.secrets import MAX_TOTAL, MAX_VALUE
 from aerodrome.secrets.machine import unseal_for_machine
 from aerodrome.store.models import AuditEvent, Release, SecretVersion
+from aerodrome.store.models import Machine as MachineRow
 from aerodrome.tokens.mint import Scope
 from aerodrome.tokens.verify import VerifiedToken
 from tests.api.test_authz_matrix import (
@@ -62,7 +63,20 @@ def releases(world: World, app: str = "acme-web") -> list[dict[str, Any]]:
     return list(ok(world.call("GET", f"/v1/apps/{app}/releases", world.tokens["acme.admin"])))
 
 
+def run_machine(world: World, release: int, machine: str = MACHINE) -> None:
+    """Put `machine` of acme-web on record running `release`, as the runtime does before it
+    unseals: only a recorded machine unseals, and only its own release."""
+    with world.services.store.write() as tx:
+        row = tx.session.get(MachineRow, machine)
+        if row is None:
+            app = app_rules.get_app(tx.session, "acme-web")
+            machine_rules.create_machine(tx, app, machine, release, "local")
+        else:
+            row.release = release
+
+
 def unseal(world: World, release: int, app: str = "acme-web") -> dict[str, bytes]:
+    run_machine(world, release)
     values = unseal_for_machine(world.services, world.tokens["acme.machine"], app, release, MACHINE)
     return {name: value.reveal() for name, value in values.items()}
 
@@ -619,6 +633,7 @@ def test_unseal_refuses_a_revoked_or_malformed_credential(world: World) -> None:
         "machine", org_id=world.ids["acme.org"], app_id=world.ids["acme-web"], machine_id=MACHINE
     )
     revoked = mint_token(world.services, scope)
+    run_machine(world, release)
     assert unseal_for_machine(world.services, revoked, "acme-web", release, MACHINE)
     admin = world.tokens["acme.admin"]
     ok(world.call("POST", f"/v1/tokens/{_token_id(world, revoked)}/revoke", admin, json={}))
@@ -644,6 +659,7 @@ def _fail_fast_on_sqlite_locks(world: World) -> None:
 def test_unseal_refuses_other_machines_apps_and_token_kinds(world: World) -> None:
     _fail_fast_on_sqlite_locks(world)  # a refusal must not wait on its own read
     release, values = _deployed(world)
+    run_machine(world, release)
     for token, app, machine, reason in (
         (world.tokens["acme.machine"], "acme-web", "mch_" + "b" * 24, "wrong_machine"),
         (world.tokens["acme.machine"], "acme-api", MACHINE, "wrong_app"),
@@ -781,17 +797,24 @@ def test_setting_an_unchanged_value_leaves_an_audit_event(world: World) -> None:
     assert b"v1-value" not in audit_text(world)
 
 
+def test_a_credential_whose_machine_is_not_on_record_unseals_nothing(world: World) -> None:
+    release, values = _deployed(world)
+    assert unseal(world, release) == values  # recorded: it unseals
+    with world.services.store.write() as tx:
+        machine_rules.destroy_machine(tx, MACHINE)  # the record goes; the credential lives on
+    token = world.tokens["acme.machine"]
+    _assert_unseal_refused(world, token, "acme-web", MACHINE, release, "unknown_machine")
+
+
 def test_a_recorded_machine_unseals_only_the_release_it_runs(world: World) -> None:
     admin = world.tokens["acme.admin"]
     ok(world.call("POST", SECRETS, admin, json={"values": {"ROTATED": "old-value-1"}}))
     ok(world.call("POST", SECRETS, admin, json={"values": {"ROTATED": "new-value-2"}}))
     old, new = sorted(r["number"] for r in releases(world))[-2:]
-    with world.services.store.write() as tx:
-        app = app_rules.get_app(tx.session, "acme-web")
-        machine_rules.create_machine(tx, app, MACHINE, new, "local")
     assert unseal(world, new)["ROTATED"] == b"new-value-2"
     with pytest.raises(AeroError) as refused:
-        unseal(world, old)  # the rotated-out value stays out of reach
+        token = world.tokens["acme.machine"]
+        unseal_for_machine(world.services, token, "acme-web", old, MACHINE)  # rotated out
     assert refused.value.code == "wrong_release"
     with world.services.store.read() as session:
         last = session.query(AuditEvent).order_by(AuditEvent.seq.desc()).first()

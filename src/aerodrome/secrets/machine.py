@@ -26,8 +26,9 @@ def unseal_for_machine(
 ) -> dict[str, SecretValue]:
     """The values of the secret versions release `release_number` of `app_ref` carries.
 
-    `credential` must be a machine token for this app and machine (action `secrets.unseal`);
-    anything else is refused and audited. Every unseal is audited with names and versions."""
+    `credential` must be a machine token for this app and machine (action `secrets.unseal`),
+    and the machine must be on record running that release; anything else is refused and
+    audited. Every unseal is audited with names and versions."""
     services.refresh_revocations()
     verified = services.verifier.verify(credential)
     if isinstance(verified, Decision):
@@ -57,9 +58,18 @@ def unseal_for_machine(
             )
             refusal = None if decision.allowed else decision
             recorded = session.get(Machine, machine_id)
-            if refusal is None and recorded is not None and recorded.release != release_number:
-                # A machine the runtime recorded unseals the release it runs, no other: its
-                # credential cannot reach values rotated out of older releases.
+            if refusal is None and (recorded is None or recorded.app_id != app.id):
+                # Fail closed: a credential outliving its machine's record (a removed
+                # machine, a crashed agent's leftovers) unseals nothing.
+                refusal = Decision(
+                    False,
+                    "unknown_machine",
+                    f"machine {machine_id} is not on record for app {app.name}",
+                    "only a machine the runtime started can unseal its release's secrets",
+                )
+            elif refusal is None and recorded is not None and recorded.release != release_number:
+                # A machine unseals the release it runs, no other: its credential cannot
+                # reach values rotated out of older releases.
                 refusal = Decision(
                     False,
                     "wrong_release",
