@@ -602,7 +602,9 @@ def test_a_restart_that_never_gets_healthy_marks_the_machine_failed_once(
 def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credentials(
     services: Services, web: App, tmp_path: Path
 ) -> None:
-    release(services, tmp_path)
+    # The machine's first process starts one of its own (as a server starts workers) and
+    # notes its pid in the machine's home; the dying agent would not take that one along.
+    release(services, tmp_path, command="sleep 600 & echo $! > stray.pid; exec python3 server.py")
     gone = Agent(services)  # stands for an agent killed without cleaning up
 
     def live_credentials() -> int:
@@ -610,12 +612,25 @@ def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credent
             rows = session.execute(select(Token).where(Token.kind == "machine")).scalars()
             return sum(1 for row in rows if row.revoked_at is None)
 
+    def alive(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
     async def scenario() -> None:
         await settle(gone)
         assert live_credentials() == 1 and len(machines(services)) == 1
+        [running] = gone.of_app(web.id)
+        tree = gone.machines_dir / running.machine_id
+        stray = int((tree / "app" / "stray.pid").read_text())
+        assert alive(stray) and running.machine.process is not None
         Agent(services).forget_previous_run()
         assert live_credentials() == 0  # what the old machine held opens nothing any more
         assert machines(services) == [] and upstreams(services) == []
+        await asyncio.sleep(0.2)
+        assert not alive(stray) and not alive(running.machine.process.pid)  # nothing left
+        assert not tree.exists()
         await gone.shutdown()
 
     asyncio.run(scenario())

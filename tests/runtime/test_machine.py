@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import os
+import signal
+import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
@@ -19,6 +21,7 @@ from aerodrome.runtime.machine import (
     Machine,
     MachineSpec,
     hand_over,
+    kill_recorded_group,
     machine_environment,
     machine_user,
 )
@@ -248,3 +251,21 @@ def test_a_failing_log_sink_loses_lines_but_keeps_the_machine_running(tmp_path: 
 
     assert asyncio.run(go()) == 0
     assert kept[-1] == "line-19999" and "first" not in kept
+
+
+def test_a_recorded_group_is_killed_only_as_its_uid_and_in_its_boot(tmp_path: Path) -> None:
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    record = tmp_path / "group"
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    try:
+        for uid, booted in ((PRODUCTION, boot), (os.geteuid(), "another-boot")):
+            record.write_text(json.dumps({"pgid": victim.pid, "uid": uid, "boot": booted}))
+            assert kill_recorded_group(record) == 0 and victim.poll() is None
+        record.write_text("not json")
+        assert kill_recorded_group(record) == 0
+        record.write_text(json.dumps({"pgid": victim.pid, "uid": os.geteuid(), "boot": boot}))
+        assert kill_recorded_group(record) == 1
+        assert victim.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        victim.kill()
+        victim.wait()

@@ -35,7 +35,7 @@ from sqlalchemy import select
 
 from aerodrome.config import Settings
 from aerodrome.errors import InvalidInput
-from aerodrome.ids import new_id
+from aerodrome.ids import id_pattern, new_id
 from aerodrome.platform import http_service as upstream_rules
 from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import secrets as release_rules
@@ -46,7 +46,13 @@ from aerodrome.runtime.config import AppConfig, Check, load_config
 from aerodrome.runtime.isolation import isolate_test_machines
 from aerodrome.runtime.localapi import Identity, LocalApi, MachineCredentialCheck
 from aerodrome.runtime.logstore import LogStore
-from aerodrome.runtime.machine import LogLine, Machine, MachineSpec, machine_user
+from aerodrome.runtime.machine import (
+    LogLine,
+    Machine,
+    MachineSpec,
+    kill_recorded_group,
+    machine_user,
+)
 from aerodrome.secrets.machine import unseal_for_machine
 from aerodrome.secrets.redact import Redactor
 from aerodrome.services import Services
@@ -55,6 +61,7 @@ from aerodrome.store.models import App, Org, Release, Token, Upstream
 from aerodrome.store.models import Machine as MachineRow
 from aerodrome.tokens.mint import Scope
 
+MACHINE_ID = id_pattern("mch")
 log = logging.getLogger("aerodrome.agent")
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 5
@@ -140,9 +147,10 @@ class Agent:
         await self.shutdown()
 
     def forget_previous_run(self) -> None:
-        """Machines recorded by an agent that is gone no longer run (they die with it): drop
-        them, their routes and their credentials, so the releases they ran are rolled out
-        afresh and nothing they held still opens anything."""
+        """Machines recorded by an agent that is gone no longer run: end what they left
+        behind (the processes their first one started), drop them, their trees, their routes
+        and their credentials, so the releases they ran are rolled out afresh and nothing they
+        held still opens anything."""
         with self.services.store.write(self._audit) as tx:
             rows = list(
                 tx.session.execute(
@@ -150,6 +158,12 @@ class Agent:
                 ).scalars()
             )
             for row in rows:
+                if MACHINE_ID.fullmatch(row.id):  # a path component the agent made
+                    tree = self.machines_dir / row.id
+                    killed = kill_recorded_group(tree / "group")
+                    if killed:
+                        log.warning("killed %d leftover process(es) of %s", killed, row.id)
+                    shutil.rmtree(tree, ignore_errors=True)
                 if row.address:
                     self._unroute_address(tx, row.app_id, row.address)
                 machine_rules.destroy_machine(tx, row.id)
@@ -364,7 +378,7 @@ class Agent:
                 machine_id=machine_id, app=app.name, release=release.number,
                 region=self.region, command=config.command, workdir=workdir / "app", port=port,
                 env=config.env, api_socket=workdir / "api" / "api.sock",
-                user=machine_user(app.machine_uid),
+                user=machine_user(app.machine_uid), group_file=workdir / "group",
             )  # fmt: skip
             machine = Machine(spec, Redactor([]), lambda line: None)  # both set by _start
             running = Running(app.id, app.name, release.number, config, machine, port)

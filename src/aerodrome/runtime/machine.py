@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import resource
@@ -91,6 +92,47 @@ class MachineSpec:
     open_files: int = DEFAULT_OPEN_FILES
     api_socket: Path | None = None
     user: int | None = None  # run as this uid (gid the same); the agent must be root
+    # Where to note the process group at each start (see `kill_recorded_group`): a file the
+    # machine cannot write, so the next agent run can end what this one leaves behind.
+    group_file: Path | None = None
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def kill_recorded_group(group_file: Path) -> int:
+    """Kill what a machine of a previous agent run left behind: every process still in the
+    process group `group_file` names and running as its uid. The dying agent took the
+    machine's first process with it (`PR_SET_PDEATHSIG`), but not the processes that one
+    started (a server's workers, a background job), which would keep its port and its secrets
+    in memory. Only in the boot that wrote the file (after a reboot its ids mean nothing);
+    returns how many were killed."""
+    try:
+        record = json.loads(group_file.read_text())
+        pgid, uid, boot = int(record["pgid"]), int(record["uid"]), str(record["boot"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    if boot != _boot_id() or pgid <= 1:
+        return 0
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses
+            group = int(stat[stat.rindex(")") + 2 :].split()[2])
+            real_uid = int(next(
+                line.split()[1] for line in (proc / "status").read_text().splitlines()
+                if line.startswith("Uid:")
+            ))  # fmt: skip
+            if group == pgid and real_uid == uid:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ValueError, StopIteration):
+            continue  # gone meanwhile, or not ours to read
+    return killed
 
 
 @dataclass(frozen=True)
@@ -188,6 +230,10 @@ class Machine:
             limit=MAX_LINE,
         )  # fmt: skip
         self.started_at = time.monotonic()
+        if self.spec.group_file is not None:
+            uid = self.spec.user if self.spec.user is not None else os.geteuid()
+            record = {"pgid": self.process.pid, "uid": uid, "boot": _boot_id()}
+            self.spec.group_file.write_text(json.dumps(record))
         assert self.process.stdout is not None and self.process.stderr is not None
         self._readers = [
             asyncio.create_task(self._pump(self.process.stdout, "stdout")),
