@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aerodrome.ids import new_id
+from aerodrome.platform import apps as app_rules
+from aerodrome.platform import machines as machine_rules
 from aerodrome.runtime.artifact import build_artifact
+from aerodrome.tokens.attenuate import attenuate
 from tests.conftest import World
 
 CONFIG = """\
@@ -108,3 +112,26 @@ def test_an_apps_artifacts_are_its_own(world: World, tmp_path: Path) -> None:
         "POST", "/v1/apps/globex-web/deploys", globex, json={"artifact": digest, "config": config}
     )
     assert refused.status_code == 400 and "was not uploaded" in refused.json()["error"]["message"]
+
+
+def test_a_release_lists_its_machines_only_to_who_may_read_machines(
+    world: World, tmp_path: Path
+) -> None:
+    token = world.tokens["acme.deploy"]
+    digest, data = built(tmp_path)
+    world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", token, content=data)
+    number = world.call(
+        "POST", "/v1/apps/acme-web/deploys", token, json={"artifact": digest, "config": CONFIG}
+    ).json()["number"]
+    with world.services.store.write() as tx:
+        app = app_rules.get_app(tx.session, "acme-web")
+        machine_rules.create_machine(tx, app, new_id("mch"), number, "local")
+    path = f"/v1/apps/acme-web/releases/{number}"
+    assert len(world.call("GET", path, token).json()["machines"]) == 1
+    apps_only = attenuate(token, world.services.root.public, actions=["apps.read"])
+    shown = world.call("GET", path, apps_only)
+    assert shown.status_code == 200 and shown.json()["machines"] is None
+    assert shown.json()["number"] == number  # the release itself is apps.read
+
+    config = world.call("GET", "/v1/apps/acme-web/config", apps_only).json()
+    assert config["http_service"]["internal_port"] == 8080

@@ -97,8 +97,23 @@ def test_deploy_waits_for_its_machines_and_a_broken_one_rolls_back(
     assert "the previous release keeps serving" in broken.stderr
     assert "boom: cannot start without DATABASE_URL" in broken.stderr  # its last log lines
     assert CANARY not in broken.stdout + broken.stderr and "[REDACTED]" in broken.stderr
+    # A token that may deploy but not read logs or machines still follows the rollout, and
+    # says why no log lines are shown rather than leaving them out silently.
+    deploy = platform.aero("tokens", "create", "deploy", "-a", "roll-web").stdout.strip()
+    narrowed = platform.aero(
+        "tokens", "attenuate", "--actions", "apps.read,apps.deploy,secrets.read",
+        stdin=deploy,
+    ).stdout.strip()  # fmt: skip
+    blind = platform.aero("deploy", "-c", str(source(tmp_path, "roll-web", "2b", broken=True)),
+                          token=narrowed, check=False)  # fmt: skip
+    assert blind.returncode == 1 and "release 3 of roll-web failed" in blind.stderr
+    assert "its log lines are not shown: this token may not read logs" in blind.stderr
     releases = platform.aero_json("releases", "-a", "roll-web")
-    assert [(r["number"], r["status"]) for r in releases] == [(2, "failed"), (1, "complete")]
+    assert [(r["number"], r["status"]) for r in releases] == [
+        (3, "failed"),
+        (2, "failed"),
+        (1, "complete"),
+    ]
     assert [m["release"] for m in platform.aero_json("machines", "list", "-a", "roll-web")] == [
         1,
         1,
@@ -110,11 +125,11 @@ def test_deploy_waits_for_its_machines_and_a_broken_one_rolls_back(
     assert watch.answers and watch.failures == [], watch.failures
     assert {"one", "three"} >= set(watch.answers) and "three" in watch.answers
     back = platform.aero_json("releases", "rollback", "1", "-a", "roll-web")
-    assert back["release"]["number"] == 4 and back["release"]["status"] == "complete"
-    served = json.loads(poll_app(platform, "roll-web.localhost", lambda b: '"4"' in b))
-    assert served == {"version": "one", "release": "4"}  # release 1's code, as release 4
+    assert back["release"]["number"] == 5 and back["release"]["status"] == "complete"
+    served = json.loads(poll_app(platform, "roll-web.localhost", lambda b: '"5"' in b))
+    assert served == {"version": "one", "release": "5"}  # release 1's code, as release 5
     shown = platform.aero_json("config", "show", "-a", "roll-web")
-    assert shown["release"] == 4 and 'VERSION = "one"' in shown["text"]
+    assert shown["release"] == 5 and 'VERSION = "one"' in shown["text"]
     assert shown["machines"] == 2 and shown["kill_timeout"] == 2.0
 
 

@@ -55,7 +55,9 @@ def show(number: NumberArg, app_name: AppOpt, json_mode: JsonFlag = False) -> No
         emit_json({**release, "machines": machines})
         return
     record(release, json_mode=False, title=f"release {number} of {app_name}")
-    for machine in machines:
+    if machines is None:
+        console.print("  machines: not shown (this token may not read machines)", highlight=False)
+    for machine in machines or []:
         console.print(
             f"  {machine['id']}  {machine['state']}  {machine['health']}  {machine['reason']}",
             highlight=False,

@@ -36,7 +36,7 @@ def app_url(api: Client, app: str) -> str | None:
 
 def _summary(release: dict[str, Any]) -> str:
     states: dict[str, int] = {}
-    for machine in release["machines"]:
+    for machine in release["machines"] or []:  # null for a token that may not read machines
         label = (
             machine["state"] if machine["state"] != "started" else f"started/{machine['health']}"
         )
@@ -71,14 +71,17 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
     """Wait for the release: `complete` exits 0 (with the app's URL), `failed` exits 1 with the
     reason and the failing machine's last log lines (scrubbed of secrets when stored)."""
     release = wait(api, app, number, timeout=timeout, show=not json_mode)
-    lines = _last_lines(api, app, release) if release["status"] == "failed" else []
+    lines, unreadable = (
+        _last_lines(api, app, release) if release["status"] == "failed" else ([], "")
+    )
     url = app_url(api, app)
     if json_mode:
         emit_json({"app": app, "release": release, "url": url, "logs": lines})
     elif release["status"] == "complete":
+        machines = release["machines"]
+        where = f" on {len(machines)} machine(s)" if machines is not None else ""
         console.print(
-            f"release {number} of {app} is serving on {len(release['machines'])} machine(s)"
-            + (f": {url}" if url else ""),
+            f"release {number} of {app} is serving{where}" + (f": {url}" if url else ""),
             highlight=False,
         )
     else:
@@ -89,6 +92,8 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
             soft_wrap=True,
         )
         err_console.print("  the previous release keeps serving", highlight=False)
+        if unreadable:
+            err_console.print(f"  (its log lines are not shown: {escape(unreadable)})")
         if lines:
             err_console.print(f"  last log lines of {lines[0]['machine']}:", highlight=False)
             for line in lines:
@@ -101,15 +106,18 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
         raise typer.Exit(1)
 
 
-def _last_lines(api: Client, app: str, release: dict[str, Any]) -> list[dict[str, Any]]:
+def _last_lines(api: Client, app: str, release: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The failing machine's last log lines, or why they cannot be shown."""
     found = MACHINE_ID.search(release.get("status_reason", ""))
     if found is None:
-        return []
+        return [], ""
     try:
         page = api.get(f"/v1/apps/{app}/logs?machine={found.group(0)}&limit={LAST_LINES}")
-    except AeroError:  # a token that may deploy but not read logs: the reason still shows
-        return []
-    return list(page["lines"])
+    except AeroError as error:  # e.g. a token that may deploy but not read logs
+        if error.status == 403:
+            return [], "this token may not read logs (logs.read)"
+        return [], error.message
+    return list(page["lines"]), ""
 
 
 def roll_back(

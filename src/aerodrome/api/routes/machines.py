@@ -90,15 +90,19 @@ def show_release(
     app: str, number: int, caller: Caller = Depends(requires("apps.read", AppParam()))
 ) -> dict[str, Any]:
     """One release, with its rollout status (pending, running, complete, failed + reason) and
-    the machines that run it."""
+    the machines that run it (listed only for a caller that may also read machines; else
+    `machines` is null)."""
     assert caller.target.app is not None
+    app = caller.target.app
     with caller.services.store.read() as session:
-        release = release_rules.get_release(session, caller.target.app, number)
-        machines = [
-            machine_view(m)
-            for m in machine_rules.list_machines(session, caller.target.app.id)
-            if m.release == number
-        ]
+        release = release_rules.get_release(session, app, number)
+        machines = None
+        if caller.can(session, "machines.read", caller.target.org, app):
+            machines = [
+                machine_view(m)
+                for m in machine_rules.list_machines(session, app.id)
+                if m.release == number
+            ]
         return {**(release_view(release) or {}), "machines": machines}
 
 
@@ -141,6 +145,7 @@ def show_config(
         "kill_timeout": config.kill_timeout,
         "http_service": (
             {
+                "internal_port": config.http_service.internal_port,
                 **config.http_service.service.to_dict(),
                 "checks": [c.__dict__ for c in config.http_service.checks],
             }
