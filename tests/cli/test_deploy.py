@@ -98,6 +98,20 @@ def test_a_deployed_app_is_served_over_https_with_its_secret(
     assert "is serving on 1 machine(s)" in result.stdout
     served = poll_app(platform, "live-web.localhost", lambda body: True)  # the first answer
     assert json.loads(served)["key_length"] == len("a-longer-key-value-now")
+    # So does rolling the value back: it waits for the machines too, or says where to look.
+    back = platform.aero("secrets", "rollback", "API_KEY", "-a", "live-web", "--to-version", "1")
+    assert "is serving on 1 machine(s)" in back.stdout
+    served = poll_app(platform, "live-web.localhost", lambda body: True)
+    assert json.loads(served)["key_length"] == len("k3y-for-live-web")
+    detached = platform.aero_json(
+        "secrets", "rollback", "API_KEY", "-a", "live-web", "--to-version", "2", "--detach"
+    )
+    assert detached["secret"]["changed"] and "rollout" not in detached
+    shown = platform.aero(
+        "secrets", "set", "-a", "live-web", "API_KEY=-", "--detach", stdin="third-value"
+    ).stdout
+    assert "restarts its machines one at a time; follow it with `aero releases show" in shown
+    assert "next start" not in shown
 
 
 def poll_app(platform: Platform, name: str, ready: Callable[[str], bool]) -> str:

@@ -89,6 +89,12 @@ def _release_line(data: dict[str, Any], app_name: str, detach: bool = True) -> N
             highlight=False,
         )
         follow(client(), app_name, release["number"], json_mode=False, timeout=WAIT)
+    elif release and release.get("status") == "pending":
+        console.print(
+            f"release {release['number']} of {app_name} restarts its machines one at a time; "
+            f"follow it with `aero releases show {release['number']} -a {app_name}`",
+            highlight=False,
+        )
     elif release:
         console.print(
             f"release {release['number']} of {app_name} carries these secrets; "
@@ -223,6 +229,7 @@ def rollback(
         int, typer.Option("--to-version", help="The version whose value to restore.")
     ],
     stage: StageOpt = False,
+    detach: DetachOpt = False,
     json_mode: JsonFlag = False,
 ) -> None:
     """Make an earlier value current again (as a new version)."""
@@ -231,7 +238,7 @@ def rollback(
         json={"to_version": to_version, "stage": stage},
     )
     if json_mode:
-        emit_json(data)
+        _emit_after_rollout(data, app_name, detach)
         return
     secret = data["secret"]
     if secret["changed"]:
@@ -243,4 +250,4 @@ def rollback(
         console.print(
             f"{name} unchanged: it already holds the value of v{to_version}", highlight=False
         )
-    _release_line(data, app_name)
+    _release_line(data, app_name, detach)
