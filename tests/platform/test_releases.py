@@ -7,6 +7,7 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.services import Services
+from aerodrome.store.models import AuditEvent
 
 GOOD, BROKEN = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 
@@ -29,3 +30,29 @@ def test_a_secrets_change_after_a_failed_deploy_keeps_the_serving_code(
         assert (after.artifact, after.config) == (GOOD, "good")  # not the failed release's
         assert after.status == "pending"  # rolled out, with the code that serves
         assert release_rules.serving_release(tx.session, app.id) is after
+
+
+def test_a_release_still_pending_when_a_newer_one_comes_is_superseded(
+    services: Services,
+) -> None:
+    with services.store.write() as tx:
+        admin = org_rules.get_or_create_user(tx, "a@example.com")
+        org = org_rules.create_org(tx, "acme", None, admin)
+        app = app_rules.create_app(tx, org, "web", "production", admin.id)
+        serving = release_rules.create_release(tx, app, "deploy", artifact=GOOD, config="one")
+        machine_rules.set_release_status(tx, app, serving.number, "complete")
+        skipped = release_rules.create_release(tx, app, "deploy", artifact=GOOD, config="two")
+        newest = release_rules.create_release(tx, app, "deploy", artifact=BROKEN, config="three")
+
+        assert (skipped.status, serving.status, newest.status) == (
+            "superseded",
+            "complete",
+            "pending",
+        )
+        assert f"release {newest.number} came before it rolled out" in skipped.status_reason
+        # Should the newest fail, the app goes back to what served, not to one never tried.
+        machine_rules.set_release_status(tx, app, newest.number, "failed", "check failed")
+        assert release_rules.serving_release(tx.session, app.id) is serving
+    with services.store.read() as session:
+        actions = [e.action for e in session.query(AuditEvent).order_by(AuditEvent.seq)]
+    assert "release.superseded" in actions

@@ -383,6 +383,39 @@ def test_a_machine_failing_its_check_leaves_the_route_table_until_it_passes(
 
 
 @sqlite_only
+def test_a_machine_that_dies_during_its_apps_rollout_leaves_the_route_table_at_once(
+    services: Services, web: App, tmp_path: Path, shared: Path
+) -> None:
+    release(services, tmp_path, machines=2)
+    agent = Agent(services)
+    sick = shared / "sick"
+
+    async def scenario() -> None:
+        await settle(agent)
+        old = agent.of_app(web.id)
+        sick.touch()  # the new release's first machine fails its check: the rollout waits
+        release(services, tmp_path, machines=2, env={"SICK_FILE": str(sick)})
+        await agent.converge()
+        assert agent._busy(web.id)
+        victim = old[0]
+        assert victim.machine.process is not None
+        victim.machine.process.kill()
+
+        async def unrouted() -> bool:
+            return upstreams(services) == [old[1].address]
+
+        await until(unrouted, agent, 4)  # well before the rollout's check deadline
+        assert agent._busy(web.id)  # still rolling out: the dead machine did not wait for it
+        sick.unlink()
+        await agent.idle()
+        assert status(services, 2)[0] == "complete"
+        assert len(upstreams(services)) == 2 and victim.address not in upstreams(services)
+        await agent.shutdown()
+
+    asyncio.run(scenario())
+
+
+@sqlite_only
 def test_a_restart_asked_for_during_crash_backoff_leaves_one_live_credential(
     services: Services, web: App, tmp_path: Path
 ) -> None:

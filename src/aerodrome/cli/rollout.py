@@ -46,15 +46,15 @@ def _summary(release: dict[str, Any]) -> str:
 
 
 def wait(api: Client, app: str, number: int, *, timeout: float, show: bool) -> dict[str, Any]:
-    """The release once `complete` or `failed`, polled (with a spinner of its machines' states
-    if `show`); AeroError `deploy_timeout` after `timeout` seconds."""
+    """The release once `complete`, `failed` or `superseded`, polled (with a spinner of its
+    machines' states if `show`); AeroError `deploy_timeout` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     with console.status("waiting for the agent", spinner="dots") as status:
         if not show:
             status.stop()
         while True:
             release: dict[str, Any] = api.get(f"/v1/apps/{app}/releases/{number}")
-            if release["status"] in ("complete", "failed"):
+            if release["status"] in ("complete", "failed", "superseded"):
                 return release
             if time.monotonic() > deadline:
                 raise AeroError(
@@ -77,6 +77,12 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
     url = app_url(api, app)
     if json_mode:
         emit_json({"app": app, "release": release, "url": url, "logs": lines})
+    elif release["status"] == "superseded":
+        err_console.print(
+            f"[yellow]release {number} of {app} will not roll out:[/yellow] "
+            f"{escape(release['status_reason'])}; see `aero releases -a {app}`",
+            highlight=False,
+        )
     elif release["status"] == "complete":
         machines = release["machines"]
         where = f" on {len(machines)} machine(s)" if machines is not None else ""
@@ -102,7 +108,7 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
                     highlight=False,
                     soft_wrap=True,
                 )
-    if release["status"] == "failed":
+    if release["status"] in ("failed", "superseded"):
         raise typer.Exit(1)
 
 

@@ -17,7 +17,7 @@ from aerodrome.store.models import App, Machine, Release, utcnow
 
 STATES = ("created", "starting", "started", "stopping", "stopped", "failed")
 HEALTH = ("unknown", "passing", "failing")
-RELEASE_STATUSES = ("pending", "running", "complete", "failed")
+RELEASE_STATUSES = ("pending", "running", "complete", "failed", "superseded")
 REQUESTS = ("start", "stop", "restart")
 
 

@@ -466,15 +466,16 @@ def latest_release(session: Session, app_id: str) -> Release | None:
 
 
 def serving_release(session: Session, app_id: str) -> Release | None:
-    """The newest release with code that did not fail: what the app's machines run (or are
-    being moved to). A failed release is never the base of another one."""
+    """The newest release with code that did not fail and was not superseded before it rolled
+    out: what the app's machines run (or are being moved to). Neither kind is ever the base of
+    another release."""
     return session.execute(
         select(Release)
         .where(
             Release.app_id == app_id,
             Release.artifact.is_not(None),
             Release.config.is_not(None),
-            Release.status != "failed",
+            Release.status.not_in(("failed", "superseded")),
         )
         .order_by(Release.number.desc())
         .limit(1)
@@ -522,6 +523,22 @@ def create_release(
     # Something to roll out makes it pending until the agent has it serving; a release of an
     # app with no code yet (upstreams registered by hand) has nothing to wait for.
     release.status = "pending" if release.artifact and release.config else "complete"
+    if release.status == "pending":
+        # A release still waiting for the agent never will: it rolls out the newest one only.
+        # Say so, so nobody waits for it (`aero deploy` of it returns).
+        waiting = tx.session.execute(
+            select(Release).where(Release.app_id == app.id, Release.status == "pending")
+        ).scalars()
+        for older in waiting:
+            older.status = "superseded"
+            older.status_reason = f"release {release.number} came before it rolled out"
+            tx.changed("release", older.id, "update")
+            tx.audit(
+                "release.superseded",
+                app.id,
+                org_id=app.org_id,
+                detail={"number": older.number, "reason": older.status_reason},
+            )
     tx.session.add(release)
     tx.session.flush()
     tx.changed("release", release.id, "create")

@@ -680,11 +680,22 @@ class Agent:
             running.generation = row.generation
 
     async def supervise(self) -> None:
-        """Checks for started machines; restarts (with backoff) for crashed ones."""
+        """Checks for started machines; restarts (with backoff) for crashed ones. During an
+        app's rollout or request, only a routed machine that died is dealt with (unrouted)."""
         now = time.monotonic()
         due = []
         for running in list(self.machines.values()):
-            if running.stopped or running.failed or self._busy(running.app_id):
+            if running.stopped or running.failed:
+                continue
+            if self._busy(running.app_id):
+                # A rollout or request owns the app's machines; a routed one that died is
+                # still taken out of the route table now (it restarts once that work is done).
+                if (
+                    not running.machine.running
+                    and running.upstream_id is not None
+                    and running.restart_at == 0.0
+                ):
+                    await self._crashed(running, now)
                 continue
             if not running.machine.running:
                 await self._crashed(running, now)

@@ -89,9 +89,9 @@ def restart_machine(
 def show_release(
     app: str, number: int, caller: Caller = Depends(requires("apps.read", AppParam()))
 ) -> dict[str, Any]:
-    """One release, with its rollout status (pending, running, complete, failed + reason) and
-    the machines that run it (listed only for a caller that may also read machines; else
-    `machines` is null)."""
+    """One release, with its rollout status (pending, running, complete, failed, superseded;
+    with a reason) and the machines that run it (listed only for a caller that may also read
+    machines; else `machines` is null)."""
     assert caller.target.app is not None
     app = caller.target.app
     with caller.services.store.read() as session:
