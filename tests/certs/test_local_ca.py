@@ -3,6 +3,7 @@ with SNI and hostname verification, and CA keys that exist nowhere but in memory
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from aerodrome.certs import sslctx
 from aerodrome.certs.local_ca import (
     INTERMEDIATE_KEY_LABEL,
     ROOT_KEY_LABEL,
@@ -219,3 +221,25 @@ def test_tls_handshake_with_sni_and_hostname_verification(
     # Without the local root, the chain is not trusted.
     with pytest.raises(ssl.SSLCertVerificationError):
         handshake(tls_server.port, "web.aero.test", None)
+
+
+def test_without_memfd_no_private_key_reaches_a_file_in_plaintext(
+    ca: LocalCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = ca.issue_for("web.aero.test")
+    chain, key = issued.chain_pem, issued.key.reveal()
+    written: list[bytes] = []
+    real = sslctx._memory_file
+
+    @contextlib.contextmanager
+    def spy(name: str, data: bytes) -> Iterator[str]:
+        written.append(data)
+        with real(name, data) as path:
+            yield path
+
+    monkeypatch.delattr(os, "memfd_create")
+    monkeypatch.setattr(sslctx, "_memory_file", spy)
+    context = server_context(chain, key)  # still loads: the key goes encrypted
+    assert isinstance(context, ssl.SSLContext) and len(written) == 2
+    assert key not in written and b"PRIVATE KEY-----\n" in written[1]
+    assert b"ENCRYPTED PRIVATE KEY" in written[1]
