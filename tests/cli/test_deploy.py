@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
+from aerodrome.cli.client import Client
+from aerodrome.errors import AeroError
 from aerodrome.runtime.artifact import app_artifacts, stored_artifact
 from tests.cli.conftest import Platform
 
@@ -130,3 +133,15 @@ def poll_app(platform: Platform, name: str, ready: Callable[[str], bool]) -> str
             break
         time.sleep(0.5)
     return body
+
+
+def test_an_upload_without_a_token_is_refused_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AERO_API_TOKEN", raising=False)
+    artifact = tmp_path / "a.tar.gz"
+    artifact.write_bytes(b"\x1f\x8b")
+    api = Client(url="http://127.0.0.1:9")  # nothing listens: a request would say unreachable
+    with pytest.raises(AeroError) as refused:
+        api.upload("/v1/apps/x/artifacts/sha256:00", artifact)
+    assert refused.value.code == "unauthenticated" and "AERO_API_TOKEN" in refused.value.hint

@@ -6,7 +6,7 @@ import os
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -46,8 +46,13 @@ class Client:
         json: Any = None,
         params: dict[str, Any] | None = None,
         auth: bool = True,
+        content: IO[bytes] | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
     ) -> Any:
         headers = {"user-agent": "aero-cli"}
+        if content_type is not None:
+            headers["content-type"] = content_type
         if auth:
             if not self.token:
                 raise AeroError(
@@ -62,8 +67,9 @@ class Client:
             headers["host"] = self._host_header
         try:
             response = self._http.request(
-                method, path, json=json, params=clean, headers=headers, extensions=self._extensions
-            )
+                method, path, json=json, content=content, params=clean, headers=headers,
+                extensions=self._extensions, timeout=timeout or self._http.timeout,
+            )  # fmt: skip
         except httpx.ConnectError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise AeroError(
@@ -103,23 +109,10 @@ class Client:
 
     def upload(self, path: str, file: Path) -> Any:
         """PUT a file as the raw body (artifacts), streamed from disk."""
-        headers = {
-            "user-agent": "aero-cli",
-            "authorization": f"Bearer {self.token}",
-            "content-type": "application/gzip",
-        }
-        if self._host_header:
-            headers["host"] = self._host_header
         with file.open("rb") as body:
-            try:
-                response = self._http.put(
-                    path, content=body, headers=headers, extensions=self._extensions, timeout=600.0
-                )
-            except httpx.HTTPError as exc:
-                raise AeroError(
-                    f"upload to {self.url} failed: {type(exc).__name__}", code="unreachable"
-                ) from exc
-        return self._result(response)
+            return self.request(
+                "PUT", path, content=body, content_type="application/gzip", timeout=600.0
+            )
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
