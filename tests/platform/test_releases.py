@@ -53,6 +53,11 @@ def test_a_release_still_pending_when_a_newer_one_comes_is_superseded(
         # Should the newest fail, the app goes back to what served, not to one never tried.
         machine_rules.set_release_status(tx, app, newest.number, "failed", "check failed")
         assert release_rules.serving_release(tx.session, app.id) is serving
+        other = app_rules.create_app(tx, org, "other", "production", admin.id)
+        release_rules.create_release(tx, other, "secrets set")  # no code: serves nothing
+        theirs = release_rules.create_release(tx, other, "deploy", artifact=GOOD, config="x")
+        everyone = release_rules.serving_releases(tx.session)  # all apps' in one query
+        assert everyone == {app.id: serving, other.id: theirs}
     with services.store.read() as session:
         actions = [e.action for e in session.query(AuditEvent).order_by(AuditEvent.seq)]
     assert "release.superseded" in actions

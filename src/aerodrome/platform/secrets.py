@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from aerodrome.certs import store as cert_store
@@ -465,21 +465,40 @@ def latest_release(session: Session, app_id: str) -> Release | None:
     ).scalar_one_or_none()
 
 
+def _can_serve() -> tuple[ColumnElement[bool], ...]:
+    return (
+        Release.artifact.is_not(None),
+        Release.config.is_not(None),
+        Release.status.not_in(("failed", "superseded")),
+    )
+
+
 def serving_release(session: Session, app_id: str) -> Release | None:
     """The newest release with code that did not fail and was not superseded before it rolled
     out: what the app's machines run (or are being moved to). Neither kind is ever the base of
     another release."""
     return session.execute(
         select(Release)
-        .where(
-            Release.app_id == app_id,
-            Release.artifact.is_not(None),
-            Release.config.is_not(None),
-            Release.status.not_in(("failed", "superseded")),
-        )
+        .where(Release.app_id == app_id, *_can_serve())
         .order_by(Release.number.desc())
         .limit(1)
     ).scalar_one_or_none()
+
+
+def serving_releases(session: Session) -> dict[str, Release]:
+    """`serving_release` of every app that has one, in one query: app id → release."""
+    newest = (
+        select(Release.app_id, func.max(Release.number).label("number"))
+        .where(*_can_serve())
+        .group_by(Release.app_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Release).join(
+            newest, (Release.app_id == newest.c.app_id) & (Release.number == newest.c.number)
+        )
+    ).scalars()
+    return {release.app_id: release for release in rows}
 
 
 def staged_changes(session: Session, app: App) -> dict[str, tuple[int | None, int | None]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -62,6 +63,15 @@ from aerodrome.store.models import Machine as MachineRow
 from aerodrome.tokens.mint import Scope
 
 MACHINE_ID = id_pattern("mch")
+
+
+@functools.lru_cache(maxsize=256)
+def parsed_config(text: str) -> AppConfig:
+    """A release's config, parsed once: the agent looks at every app's on each store change.
+    (Shared: callers never change what it returns.)"""
+    return load_config(text)
+
+
 log = logging.getLogger("aerodrome.agent")
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 5
@@ -188,11 +198,12 @@ class Agent:
 
     def _desired(self) -> tuple[list[tuple[App, Release]], dict[str, MachineRow]]:
         with self.services.store.read() as session:
-            wanted = []
-            for app in session.execute(select(App)).scalars():
-                release = release_rules.serving_release(session, app.id)
-                if release is not None:
-                    wanted.append((app, release))
+            serving = release_rules.serving_releases(session)
+            wanted = [
+                (app, serving[app.id])
+                for app in session.execute(select(App)).scalars()
+                if app.id in serving
+            ]
             rows = {
                 row.id: row
                 for row in session.execute(
@@ -217,7 +228,7 @@ class Agent:
                 continue  # looked at again when that work is done (`_finished`)
             mine = self.of_app(app.id)
             try:
-                config = load_config(release.config or "")
+                config = parsed_config(release.config or "")
             except InvalidInput as error:  # one app's bad release must not stop the others
                 log.error("release %s of %s: %s", release.number, app.name, error.message)
                 await self._status(app, release.number, "failed", error.message)
@@ -264,7 +275,7 @@ class Agent:
     # -- a release -----------------------------------------------------------------------------
 
     async def roll_out(self, app: App, release: Release) -> None:
-        config = load_config(release.config or "")
+        config = parsed_config(release.config or "")
         old = sorted(self.of_app(app.id), key=lambda r: r.release != release.number)
         await self._status(app, release.number, "running")
         # A release that changes only secrets restarts machines one at a time, whatever the
@@ -345,7 +356,7 @@ class Agent:
         for candidate, release in wanted:
             if candidate.id == app.id:
                 log.info("rolling %s back to release %s", app.name, release.number)
-                config = load_config(release.config or "")
+                config = parsed_config(release.config or "")
                 try:
                     unrouted = await self._rolling(app, release, config, self.of_app(app.id))
                     await self._finish(app, release.number, config, unrouted)
