@@ -105,3 +105,32 @@ def test_a_line_being_written_is_not_read_until_whole(tmp_path: Path) -> None:
     store.append(app, line(3), "local")
     later = store.page(app, after=page.next)
     assert [x.message for x in later.lines] == ["message 2", "message 3"]
+
+
+def test_following_reads_only_what_came_after_the_cursor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LogStore(tmp_path)
+    web = new_id("app")
+    for n in range(5000):
+        store.append(web, line(n), "local")
+    cursor = store.page(web, limit=1).next  # the end, as `aero logs -f` starts
+    store.append(web, line(5000), "local")
+    read: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: object, **kw: object) -> object:
+        handle = real_open(self, *args, **kw)  # type: ignore[call-overload]
+        original = handle.seek
+
+        def seek(offset: int, *rest: int) -> int:
+            read.append(self.stat().st_size - offset)  # what is left to read from there
+            return original(offset, *rest)
+
+        handle.seek = seek
+        return handle
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    page = store.page(web, after=cursor)
+    assert [x.message for x in page.lines] == ["message 5000"]
+    assert read and max(read) < 200  # one line's bytes, not the 5000 before it

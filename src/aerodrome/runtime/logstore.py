@@ -21,14 +21,16 @@ from aerodrome.runtime.machine import LogLine
 SEGMENT_BYTES = 4 * 1024 * 1024
 MAX_SEGMENTS = 8  # 32 MiB per app at most
 RETENTION = 7 * 24 * 3600.0
-STRIDE = 10_000_000  # seq = segment number * STRIDE + line; a segment holds far fewer lines
+# seq = segment number * STRIDE + the byte offset just past the line in its segment, so a
+# follower reading on from a cursor seeks straight to it. A segment never nears STRIDE bytes.
+STRIDE = 10_000_000
 _SEGMENT = re.compile(r"(\d{8})\.jsonl")
 _APP_ID = id_pattern("app")
 
 
 @dataclass(frozen=True)
 class StoredLine:
-    seq: int  # position across segments: a cursor for "after"
+    seq: int  # position across segments: a cursor for "after" (opaque to readers)
     time: float
     machine_id: str
     region: str
@@ -148,9 +150,9 @@ class LogStore:
         scanned = after
         for path in self._segments(app_id):
             base = int(path.name[:8]) * STRIDE
-            if after >= base + STRIDE - 1:
+            if after >= base + STRIDE:
                 continue  # every line of this segment is at or behind the cursor
-            for line in self._lines(path, skip=max(0, after - base + 1)):
+            for line in self._lines(path, start=max(0, after - base)):
                 scanned = line.seq
                 if machine_id is None or line.machine_id == machine_id:
                     lines.append(line)
@@ -172,22 +174,24 @@ class LogStore:
         return Page(found, end)
 
     @staticmethod
-    def _lines(path: Path, skip: int = 0) -> Iterator[StoredLine]:
+    def _lines(path: Path, start: int = 0) -> Iterator[StoredLine]:
+        """The whole lines of a segment from byte offset `start` (a line's end) on."""
         base = int(path.name[:8]) * STRIDE
         try:
-            fh = path.open(encoding="utf-8", errors="replace")
+            fh = path.open("rb")
         except FileNotFoundError:  # pruned since it was listed
             return
         with fh:
-            for offset, raw in enumerate(fh):
-                if offset < skip:
-                    continue
-                if not raw.endswith("\n"):
+            fh.seek(start)
+            end = start
+            for raw in fh:
+                if not raw.endswith(b"\n"):
                     return  # being written: it is read whole next time
+                end += len(raw)
                 try:
-                    data = json.loads(raw)
+                    data = json.loads(raw.decode("utf-8", errors="replace"))
                     line = StoredLine(
-                        base + offset, data["t"], data["m"], data["r"], data["s"], data["msg"]
+                        base + end, data["t"], data["m"], data["r"], data["s"], data["msg"]
                     )
                 except (ValueError, KeyError, TypeError):
                     continue  # a damaged line: skipped, its position still counts
