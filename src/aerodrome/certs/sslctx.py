@@ -52,8 +52,8 @@ def load_cert_chain(context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -
     password: bytes | None = None
     if not _in_memory():
         password = secrets.token_bytes(32)
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        key_pem = key.private_bytes(
+        private = serialization.load_pem_private_key(key_pem, password=None)
+        key_pem = private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(password),
