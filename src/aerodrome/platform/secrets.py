@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -198,10 +198,39 @@ def _total_size(session: Session, app_id: str, excluding: set[str]) -> int:
     return total
 
 
+def _current_of(
+    session: Session, app_id: str, names: Iterable[str]
+) -> dict[str, tuple[Secret, SecretVersion | None]]:
+    """`_current` of several names in one query (names never set are left out)."""
+    rows = session.execute(
+        select(Secret, SecretVersion)
+        .outerjoin(
+            SecretVersion,
+            (SecretVersion.app_id == Secret.app_id)
+            & (SecretVersion.name == Secret.name)
+            & (SecretVersion.version == Secret.current_version),
+        )
+        .where(Secret.app_id == app_id, Secret.name.in_(list(names)))
+    )
+    return {secret.name: (secret, version) for secret, version in rows}
+
+
 def _new_version(
     tx: Tx, app: App, name: str, op: str, sealed_value: tuple[Sealed, str, int] | None
 ) -> SecretVersion:
     secret, _ = _current(tx.session, app.id, name)
+    return _add_version(tx, app, secret, name, op, sealed_value)
+
+
+def _add_version(
+    tx: Tx,
+    app: App,
+    secret: Secret | None,
+    name: str,
+    op: str,
+    sealed_value: tuple[Sealed, str, int] | None,
+) -> SecretVersion:
+    """Version N+1 of `name`, whose row (None if never set) the caller has already read."""
     if secret is None:
         secret = Secret(id=new_id("sec"), app_id=app.id, name=name, current_version=0)
         tx.session.add(secret)
@@ -249,11 +278,12 @@ def set_secrets(
             )
     if expect_version is not None and len(values) != 1:
         raise InvalidInput("--expect-version applies to exactly one secret")
-    plans: list[tuple[str, SecretValue, str]] = []
+    plans: list[tuple[str, SecretValue, str, Secret | None]] = []
     results: list[SetResult] = []
+    found = _current_of(tx.session, app.id, values)
     for name, value in values.items():
         digest = digester.digest(app.id, value.reveal())
-        _, current = _current(tx.session, app.id, name)
+        secret, current = found.get(name, (None, None))
         current_number = current.version if current is not None and current.digest else 0
         if expect_version is not None and current_number != expect_version:
             raise Conflict(
@@ -270,20 +300,19 @@ def set_secrets(
                 detail={"name": name, "version": current.version, "unchanged": True},
             )
         else:
-            plans.append((name, value, digest))
-    new_total = _total_size(tx.session, app.id, {n for n, _, _ in plans})
-    new_total += sum(len(v) for _, v, _ in plans)
+            plans.append((name, value, digest, secret))
+    new_total = _total_size(tx.session, app.id, {plan[0] for plan in plans})
+    new_total += sum(len(plan[1]) for plan in plans)
     if new_total > MAX_TOTAL:
         raise SecretTooLarge(
             f"the secrets of {app.name} would total {new_total} bytes; the limit is "
             f"{MAX_TOTAL} bytes (1 MiB)",
             hint="unset secrets the app no longer needs",
         )
-    for name, value, digest in plans:
-        secret, _ = _current(tx.session, app.id, name)
+    for name, value, digest, secret in plans:
         number = (secret.current_version if secret else 0) + 1
         sealed = seal(keyring, Context(app.org_id, app.id, name, number), value.reveal())
-        row = _new_version(tx, app, name, "set", (sealed, digest, len(value)))
+        row = _add_version(tx, app, secret, name, "set", (sealed, digest, len(value)))
         results.append(SetResult(name, row.version, digest, changed=True))
         tx.audit(
             "secrets.set",
