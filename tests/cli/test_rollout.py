@@ -78,6 +78,7 @@ def test_deploy_waits_for_its_machines_and_a_broken_one_rolls_back(
 
     done = platform.aero_json("deploy", "-c", str(source(tmp_path, "roll-web", "one")))
     assert done["release"]["status"] == "complete" and len(done["release"]["machines"]) == 2
+    assert done["artifact"]["digest"] == done["release"]["artifact"]  # what was packaged
     assert done["url"] == f"https://roll-web.localhost:{platform.https_port}/"
     machines = platform.aero_json("machines", "list", "-a", "roll-web")
     assert [(m["state"], m["health"], m["release"]) for m in machines] == [

@@ -63,18 +63,9 @@ def deploy(
             ),
         )
     artifact, release = published.artifact, published.release
+    packaged = {"digest": artifact.digest, "size": artifact.size, "files": artifact.files}
     if json_mode and detach:
-        emit_json(
-            {
-                "app": app,
-                "release": release,
-                "artifact": {
-                    "digest": artifact.digest,
-                    "size": artifact.size,
-                    "files": artifact.files,
-                },
-            }
-        )
+        emit_json({"app": app, "release": release, "artifact": packaged})
         return
     if not json_mode:
         console.print(
@@ -89,4 +80,7 @@ def deploy(
             style="dim",
         )
         return
-    follow(api, app, release["number"], json_mode=json_mode, timeout=wait_timeout)
+    follow(
+        api, app, release["number"], json_mode=json_mode, timeout=wait_timeout,
+        extra={"artifact": packaged},
+    )  # fmt: skip

@@ -67,7 +67,15 @@ def wait(api: Client, app: str, number: int, *, timeout: float, show: bool) -> d
             time.sleep(POLL)
 
 
-def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: float) -> None:
+def follow(
+    api: Client,
+    app: str,
+    number: int,
+    *,
+    json_mode: bool,
+    timeout: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Wait for the release: `complete` exits 0 (with the app's URL), `failed` exits 1 with the
     reason and the failing machine's last log lines (scrubbed of secrets when stored)."""
     release = wait(api, app, number, timeout=timeout, show=not json_mode)
@@ -76,7 +84,7 @@ def follow(api: Client, app: str, number: int, *, json_mode: bool, timeout: floa
     )
     url = app_url(api, app)
     if json_mode:
-        emit_json({"app": app, "release": release, "url": url, "logs": lines})
+        emit_json({"app": app, "release": release, "url": url, "logs": lines, **(extra or {})})
     elif release["status"] == "superseded":
         err_console.print(
             f"[yellow]release {number} of {app} will not roll out:[/yellow] "
