@@ -403,3 +403,40 @@ def test_the_manager_follows_the_store(services: Services) -> None:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_the_edge_unseals_again_only_the_keys_that_changed(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_app(services, "web")
+    make_app(services, "shop")
+    issuer = RecordingIssuer(services)
+    CertManager(services, issuer, DOMAIN).run_once()
+    unsealed: list[str] = []
+    real = cert_store.unseal
+
+    def counting(keyring: object, context: object, sealed: object) -> object:
+        unsealed.append(str(context))
+        return real(keyring, context, sealed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cert_store, "unseal", counting)
+    opened = cert_store.OpenedKeys()
+
+    def load() -> dict[str, tuple[bytes, bytes]]:
+        with services.store.read() as session:
+            keyring = services.keyring(session)
+            return cert_store.load_edge_certificates(session, keyring, opened=opened)
+
+    first = load()
+    assert len(unsealed) == 3 and load() == first and len(unsealed) == 3  # nothing changed
+    web = f"web.{DOMAIN}"
+    issue_now(services, web, issuer)  # a new key for one name
+    renewed = load()
+    assert len(unsealed) == 4 and renewed[web] != first[web]
+    assert {k: v for k, v in renewed.items() if k != web} == {
+        k: v for k, v in first.items() if k != web
+    }
+    assert "PRIVATE" not in repr(opened) and web in repr(opened)
+    with services.store.write() as tx:
+        app_rules.destroy_app(tx, app_rules.get_app(tx.session, "shop"))
+    assert f"shop.{DOMAIN}" not in load() and f"shop.{DOMAIN}" not in repr(opened)

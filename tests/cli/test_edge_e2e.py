@@ -150,6 +150,13 @@ def test_websocket_echo_over_wss_and_refused_from_a_foreign_origin(served: Platf
 def test_metrics_count_requests_per_app(served: Platform) -> None:
     cmdline = Path(f"/proc/{served.process.pid}/cmdline").read_bytes().split(b"\0")
     metrics_port = int(cmdline[cmdline.index(b"--metrics-port") + 1])
+    https_port, _ = edge_ports(served)
+    name = "edge-web.localhost"
+    subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "--cacert", served.env["AERO_CA_BUNDLE"],
+         "--resolve", f"{name}:{https_port}:127.0.0.1", f"https://{name}:{https_port}/hello"],
+        check=True, timeout=30,
+    )  # fmt: skip  (its own request: the test does not lean on another's)
     time.sleep(1.2)  # workers publish their counters every second
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     assert 'aero_edge_requests_total{app="edge-web",status="200"}' in text

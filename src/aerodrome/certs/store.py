@@ -377,15 +377,33 @@ class EdgeCertificates(dict[str, tuple[bytes, bytes]]):
         return f"EdgeCertificates({sorted(self)})"
 
 
+class OpenedKeys:
+    """The keys an edge process has unsealed, by hostname, with the ciphertext each came from:
+    on the next revision only a certificate whose sealed key changed is unsealed again (every
+    store write moves the revision; certificates rarely change). Never in a repr."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[str, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"OpenedKeys({sorted(self._keys)})"
+
+
 def load_edge_certificates(
-    session: Session, keyring: Keyring, now: datetime | None = None
+    session: Session,
+    keyring: Keyring,
+    now: datetime | None = None,
+    opened: OpenedKeys | None = None,
 ) -> EdgeCertificates:
     """Every unexpired certificate, with its key unsealed: what the edge serves, by SNI.
 
     A certificate being renewed, or whose renewal failed, keeps being served until it
     expires. A key that does not open is left out (and logged by hostname), so one bad row
-    cannot take down the others."""
+    cannot take down the others. With `opened`, keys unsealed by an earlier call from the
+    same ciphertext are reused, and the cache keeps only what this call returns."""
     now = now or utcnow()
+    earlier = opened._keys if opened is not None else {}
+    kept: dict[str, tuple[str, bytes]] = {}
     out = EdgeCertificates()
     rows = session.execute(
         select(Certificate).where(
@@ -395,16 +413,25 @@ def load_edge_certificates(
         )
     ).scalars()
     for row in rows:
-        try:
-            key = unseal(
-                keyring,
-                certificate_key_context(row),
-                Sealed(row.key_ciphertext or "", row.key_wrapped or ""),
-            )
-        except AeroError as error:
-            log.error("certificate key of %s does not open: %s", row.hostname, error.code)
-            continue
-        out[row.hostname] = ((row.chain_pem or "").encode("ascii"), key.reveal())
+        ciphertext = row.key_ciphertext or ""
+        known = earlier.get(row.hostname)
+        if known is not None and known[0] == ciphertext:
+            key_pem = known[1]
+        else:
+            try:
+                key = unseal(
+                    keyring,
+                    certificate_key_context(row),
+                    Sealed(ciphertext, row.key_wrapped or ""),
+                )
+            except AeroError as error:
+                log.error("certificate key of %s does not open: %s", row.hostname, error.code)
+                continue
+            key_pem = key.reveal()
+        kept[row.hostname] = (ciphertext, key_pem)
+        out[row.hostname] = ((row.chain_pem or "").encode("ascii"), key_pem)
+    if opened is not None:
+        opened._keys = kept
     return out
 
 

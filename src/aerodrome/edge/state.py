@@ -4,13 +4,13 @@ one transaction per revision. The edge only reads; it never writes to the store.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aerodrome.certs.challenges import load_challenges
-from aerodrome.certs.store import load_edge_certificates
+from aerodrome.certs.store import OpenedKeys, load_edge_certificates
 from aerodrome.config import Settings
 from aerodrome.edge.routes import EdgeConfig, Route, RouteTable, _route
 from aerodrome.edge.worker import Snapshot
@@ -26,6 +26,7 @@ class StoreState:
     config: EdgeConfig
     store: Store
     root: RootSecret
+    opened: OpenedKeys = field(default_factory=OpenedKeys)
 
     @classmethod
     def open(cls, config: EdgeConfig, settings: Settings | None = None) -> StoreState:
@@ -45,7 +46,7 @@ class StoreState:
             challenges = load_challenges(session, keyring)
             http01 = {token: answer.encode() for token, answer in challenges.http01.items()}
             table = compile_routes(session, self.config, http01)
-            certificates = load_edge_certificates(session, keyring)
+            certificates = load_edge_certificates(session, keyring, opened=self.opened)
         return table, certificates, challenges.tlsalpn01
 
 
