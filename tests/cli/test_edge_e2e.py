@@ -152,11 +152,12 @@ def test_metrics_count_requests_per_app(served: Platform) -> None:
     metrics_port = int(cmdline[cmdline.index(b"--metrics-port") + 1])
     https_port, _ = edge_ports(served)
     name = "edge-web.localhost"
+    # Its own request: the test does not lean on another test's.
     subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "--cacert", served.env["AERO_CA_BUNDLE"],
          "--resolve", f"{name}:{https_port}:127.0.0.1", f"https://{name}:{https_port}/hello"],
         check=True, timeout=30,
-    )  # fmt: skip  (its own request: the test does not lean on another's)
+    )  # fmt: skip
     time.sleep(1.2)  # workers publish their counters every second
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     assert 'aero_edge_requests_total{app="edge-web",status="200"}' in text
