@@ -10,7 +10,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 
+from tests.cli import upstreams
 from tests.cli.conftest import (
     Platform,
     free_port,
@@ -28,28 +28,12 @@ from tests.cli.conftest import (
     stop_platform,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[int, int]]:
     http_port, ws_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.cli.upstreams", str(http_port), str(ws_port)], cwd=REPO
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", ws_port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.terminate()
-        pytest.fail("the test upstreams did not start in 20 s")
-    yield http_port, ws_port
-    process.terminate()
-    process.wait(10)
+    with upstreams.running(http_port, ws_port):
+        yield http_port, ws_port
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,14 @@ HTTP echo on one port and a WebSocket echo on the other, on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -25,6 +31,34 @@ async def main(http_port: int, ws_port: int) -> None:
 
     async with websockets.serve(echo, "127.0.0.1", ws_port):
         await asyncio.Future()
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running(http_port: int, ws_port: int) -> Iterator[None]:
+    """Both upstreams in a child process, from when both ports answer until the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.cli.upstreams", str(http_port), str(ws_port)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        wait_for_port(http_port)
+        wait_for_port(ws_port)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 if __name__ == "__main__":

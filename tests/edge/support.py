@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from aerodrome.edge.routes import EdgeConfig, Route, RouteTable, _route
+from aerodrome.edge.routes import EdgeConfig, Route, RouteTable, build_route
 from aerodrome.edge.worker import Snapshot, Worker
 from aerodrome.platform.http_service import HttpService
 from aerodrome.runtime.agent import free_port
@@ -188,7 +188,7 @@ class EdgeHarness:
         upstreams: tuple[tuple[str, int], ...] | None = None,
     ) -> Route:
         hostname = f"{app}.{self.config.domain}"
-        return _route(
+        return build_route(
             self.config,
             hostname,
             app,

@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import pytest
 
 from aerodrome.edge.native import MANIFEST, build, build_root, compiled_dir, is_compiled
 from aerodrome.runtime.agent import free_port
+from tests.cli import upstreams
 from tests.edge import support
 
-REPO = Path(__file__).resolve().parents[2]
 WHERE = (
     "import aerodrome.edge.proxy as p, aerodrome.edge.worker as w, aerodrome.edge.tls as t; "
     "print(p.__file__, w.__file__, t.__file__)"
@@ -81,28 +80,9 @@ def test_a_build_never_replaces_a_directory_that_is_not_one(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[int]:
-    http_port, ws_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.cli.upstreams", str(http_port), str(ws_port)], cwd=REPO
-    )
-    try:
-        wait_for_port(http_port)
+    http_port = free_port()
+    with upstreams.running(http_port, free_port()):
         yield http_port
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def exchange(port: int, request: bytes, context: ssl.SSLContext | None) -> bytes:
@@ -139,8 +119,8 @@ def test_the_edge_serves_alike_compiled_and_as_python(
     assert where.endswith(".so") == compiled
     edge = subprocess.Popen(argv, env=env, cwd=tmp_path)
     try:
-        wait_for_port(https)
-        wait_for_port(http)
+        upstreams.wait_for_port(https)
+        upstreams.wait_for_port(http)
         request = b"GET /hello?x=1 HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n"
         answer = exchange(https, request, ca.client_context(tmp_path))
         head, _, body = answer.partition(b"\r\n\r\n")

@@ -85,6 +85,7 @@ class Exchange:
         "content_length",
         "error",
         "forwarded_for",
+        "forwarded_host",
         "head",
         "header_size",
         "host",
@@ -117,6 +118,7 @@ class Exchange:
         self.ac_request_method: bytes | None = None
         self.ac_request_headers: bytes | None = None
         self.forwarded_for = b""  # a trusted proxy's X-Forwarded-For, with ", "
+        self.forwarded_host = b""  # Host without its port, set when the request is routed
         self.keep_alive = True
         self.websocket = False
         self.chunked_in = False
@@ -170,9 +172,10 @@ class EdgeProtocol:
         self.reading_paused = False
         self.ws_idle: float = 0.0
         self.last_activity = 0.0
-        # Keep-alive clients send the same Host each time: (table, Host, hostname, route) of
-        # the last look-up, valid while the worker's table is the same object.
-        self.host_cache: tuple[RouteTable, bytes, str, Route | None] | None = None
+        # Keep-alive clients send the same Host each time: (table, Host, hostname, route, Host
+        # without its port) of the last look-up, valid while the worker's table is the same
+        # object.
+        self.host_cache: tuple[RouteTable, bytes, str, Route | None, bytes] | None = None
         # The constant parts of the forwarding headers for this client (see `_request_head`).
         self.forwarded: tuple[bytes, bytes] | None = None
 
@@ -408,12 +411,12 @@ class EdgeProtocol:
             return
         table = self.worker.table
         cache = self.host_cache
-        if cache is not None and cache[0] is table and cache[1] == ex.host:
-            hostname, route = cache[2], cache[3]
-        else:
-            hostname = ex.host.split(b":", 1)[0].lower().decode("latin-1")
-            route = table.routes.get(hostname)
-            self.host_cache = (table, ex.host, hostname, route)
+        if cache is None or cache[0] is not table or cache[1] != ex.host:
+            host = ex.host.split(b":", 1)[0]
+            hostname = host.lower().decode("latin-1")
+            cache = self.host_cache = (table, ex.host, hostname, table.routes.get(hostname), host)
+        hostname, route = cache[2], cache[3]
+        ex.forwarded_host = cache[4]
         if not self.tls and ex.url.startswith(ACME_PREFIX):
             self._acme_http01(ex)
             return
@@ -531,7 +534,7 @@ class EdgeProtocol:
                 b"x-forwarded-for: ",
                 ex.forwarded_for,
                 forwarded[0],
-                ex.host.split(b":", 1)[0],
+                ex.forwarded_host,
                 forwarded[1],
                 ex.request_id,
                 b"\r\n\r\n",
@@ -727,7 +730,7 @@ class EdgeProtocol:
             parts.append(b"connection: close\r\n")
         self._our_headers(ex, parts)
         parts += [b"\r\n", body]
-        self._write(b"".join(parts))
+        self.out.append(b"".join(parts))  # `flush` sends it, in one TLS record where it can
         ex.out_bytes = len(body)
         self._finish(ex)
 
@@ -820,11 +823,9 @@ class EdgeProtocol:
 
     def _log(self, ex: Exchange, websocket: bool = False) -> None:
         route = ex.route
-        self.worker.record(ex, route.app if route else "-", self.client_label, self.tls, websocket)
-
-    def _write(self, data: bytes) -> None:
-        """Queue bytes for the client; `flush` sends them as one TLS record where it can."""
-        self.out.append(data)
+        self.worker.record(
+            ex, route.app_label if route else b"-", self.client_label, self.tls, websocket
+        )
 
     def flush(self) -> None:
         out = self.out

@@ -48,6 +48,8 @@ class Route:
     # The whole `strict-transport-security` line, ready to append to a response head over
     # TLS (empty when HSTS is off): compiled once per revision, not per response.
     hsts_line: bytes = b""
+    # The app's name as the access log writes it (a validated slug: nothing to escape).
+    app_label: bytes = b""
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +59,7 @@ class RouteTable:
     http01: dict[str, bytes] = field(default_factory=dict)
 
 
-def _route(
+def build_route(
     config: EdgeConfig,
     hostname: str,
     app: str,
@@ -81,4 +83,5 @@ def _route(
         cors=CorsPolicy(service.cors, (own,)),
         https_location=own.encode(),
         hsts_line=hsts_line,
+        app_label=app.encode(),
     )

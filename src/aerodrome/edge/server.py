@@ -36,7 +36,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from aerodrome.edge.routes import EdgeConfig, RouteTable, _route
+from aerodrome.edge.routes import EdgeConfig, RouteTable, build_route
 from aerodrome.edge.worker import LATENCY_BUCKETS, Snapshot, Worker
 from aerodrome.platform.http_service import parse_address, parse_http_service
 
@@ -86,7 +86,7 @@ def static_loader(
         for hostname, spec in data.get("routes", {}).items():
             upstreams = tuple(parse_address(a) for a in spec.get("upstreams", []))
             service = parse_http_service(spec.get("http_service", {}))
-            routes[hostname] = _route(
+            routes[hostname] = build_route(
                 config,
                 hostname,
                 spec.get("app", hostname.split(".")[0]),
@@ -123,6 +123,13 @@ def run_worker(args: argparse.Namespace) -> None:
     run_dir = args.run_dir
     # The main process hands the session-ticket seed over on stdin (never on disk or argv).
     seed = sys.stdin.buffer.read(32) if args.worker_index is not None and run_dir else b""
+    if args.worker_index is not None and run_dir and len(seed) != 32:
+        print(
+            f"edge worker {args.worker_index}: no session-ticket seed on stdin ({len(seed)} "
+            "bytes); tickets from this worker resume only on this worker",
+            file=sys.stderr,
+            flush=True,
+        )
     worker = Worker(
         config,
         loop,

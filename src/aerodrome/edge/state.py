@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from aerodrome.certs.challenges import load_challenges
 from aerodrome.certs.store import OpenedKeys, load_edge_certificates
 from aerodrome.config import Settings
-from aerodrome.edge.routes import EdgeConfig, Route, RouteTable, _route
+from aerodrome.edge.routes import EdgeConfig, Route, RouteTable, build_route
 from aerodrome.edge.worker import Snapshot
 from aerodrome.keyfiles import RootSecret
 from aerodrome.platform.http_service import Cors, HttpService, parse_address, parse_http_service
@@ -65,7 +65,7 @@ def compile_routes(
     routes: dict[str, Route] = {}
     if config.api_upstream is not None:
         hostname = f"api.{config.domain}"
-        routes[hostname] = _route(
+        routes[hostname] = build_route(
             config, hostname, "api", "api", (config.api_upstream,), HttpService(cors=Cors())
         )
     apps = {app.id: app for app in session.execute(select(App)).scalars()}
@@ -78,7 +78,7 @@ def compile_routes(
     named += [(hostname, apps[app_id]) for hostname, app_id in custom if app_id in apps]
     for hostname, app in named:
         if hostname not in routes:
-            routes[hostname] = _route(
+            routes[hostname] = build_route(
                 config,
                 hostname,
                 app.name,

@@ -44,10 +44,11 @@ class Metrics:
     websockets_open: int = 0
     websockets_total: int = 0
     edge_errors: int = 0
-    requests: dict[tuple[str, int], int] = field(default_factory=dict)
-    latency: dict[str, list[float]] = field(default_factory=dict)  # app -> [bucket counts, sum]
+    # Keyed by the app's name as bytes (`Route.app_label`), as the request path has it.
+    requests: dict[tuple[bytes, int], int] = field(default_factory=dict)
+    latency: dict[bytes, list[float]] = field(default_factory=dict)  # app -> [bucket counts, sum]
 
-    def observe(self, app: str, status: int, seconds: float) -> None:
+    def observe(self, app: bytes, status: int, seconds: float) -> None:
         key = (app, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         buckets = self.latency.get(app)
@@ -63,8 +64,8 @@ class Metrics:
             "websockets_open": self.websockets_open,
             "websockets_total": self.websockets_total,
             "edge_errors": self.edge_errors,
-            "requests": [[app, status, n] for (app, status), n in self.requests.items()],
-            "latency": self.latency,
+            "requests": [[app.decode(), status, n] for (app, status), n in self.requests.items()],
+            "latency": {app.decode(): buckets for app, buckets in self.latency.items()},
         }
 
 
@@ -144,7 +145,9 @@ class Worker:
         self._requests += 1
         return b"req_%b%010x" % (self._rid_prefix, self._requests)
 
-    def record(self, ex: Exchange, app: str, client_ip: bytes, tls: bool, websocket: bool) -> None:
+    def record(
+        self, ex: Exchange, app: bytes, client_ip: bytes, tls: bool, websocket: bool
+    ) -> None:
         now = time.monotonic()
         elapsed = now - ex.started
         self.metrics.observe(app, ex.status, elapsed)
@@ -163,7 +166,7 @@ class Worker:
             % (
                 self._stamp,
                 ex.request_id,
-                app.encode(),
+                app,
                 ex.method,
                 path,
                 ex.status,
