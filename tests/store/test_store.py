@@ -17,7 +17,7 @@ from aerodrome.platform import orgs as org_rules
 from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.services import Services
 from aerodrome.store.db import MIGRATIONS, Store
-from aerodrome.store.models import App, AuditEvent, Change, Org, StoreHead
+from aerodrome.store.models import App, AuditEvent, Change, Org, StoreHead, Upstream
 
 
 def _counts(services: Services) -> tuple[int, int, int]:
@@ -134,12 +134,20 @@ def test_the_uid_migration_numbers_existing_apps_in_creation_order(database_url:
                     ),
                     {"n": name, "e": environment, "t": f"2026-01-0{day} 00:00:00"},
                 )
+                conn.execute(  # what hangs off an app (its routes) must survive the migration
+                    text(
+                        "INSERT INTO upstreams (id, app_id, address, created_by, created_at) "
+                        "VALUES (:id, :n, '127.0.0.1:9', 'x', :t)"
+                    ),
+                    {"id": f"up_{name}", "n": name, "t": "2026-01-03 00:00:00"},
+                )
         store.migrate()
         with store.read() as session:
             uids = {name: uid for name, uid in session.execute(select(App.name, App.machine_uid))}
             created = session.execute(select(StoreHead.apps_created)).scalar_one()
+            routes = session.execute(select(func.count()).select_from(Upstream)).scalar_one()
         assert uids == {"a": MACHINE_UIDS["production"][0], "b": MACHINE_UIDS["test"][1]}
-        assert created == 2
+        assert created == 2 and routes == 2
         with store.write() as tx:
             org = tx.session.get(Org, "o")
             assert org is not None

@@ -103,7 +103,7 @@ class App(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), nullable=False, index=True)
     environment: Mapped[str] = mapped_column(String(16), nullable=False)
     # The uid its machines run as (when the agent is root): its own, never shared or reused.
-    machine_uid: Mapped[int] = mapped_column(Integer, unique=True, nullable=False)
+    machine_uid: Mapped[int] = mapped_column(Integer, unique=True, index=True, nullable=False)
     created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 

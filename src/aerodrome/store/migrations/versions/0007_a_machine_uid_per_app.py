@@ -23,12 +23,14 @@ FIRST_UID = {"production": 0x7000_0000, "test": 0x7400_0000}
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("store_head", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("apps_created", sa.BigInteger(), nullable=False, server_default="0")
-        )
-    with op.batch_alter_table("apps", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("machine_uid", sa.Integer(), nullable=True))
+    # No batch mode: on SQLite it would copy `apps` and drop the original, and with foreign
+    # keys on, dropping it deletes every row that references an app (releases, secrets,
+    # routes, machines, certificates). Plain ADD COLUMN and CREATE INDEX copy nothing.
+    op.add_column(
+        "store_head",
+        sa.Column("apps_created", sa.BigInteger(), nullable=False, server_default="0"),
+    )
+    op.add_column("apps", sa.Column("machine_uid", sa.Integer(), nullable=True))
     bind = op.get_bind()
     apps = bind.execute(sa.text("SELECT id, environment FROM apps ORDER BY created_at, id")).all()
     for serial, (app_id, environment) in enumerate(apps):
@@ -37,14 +39,13 @@ def upgrade() -> None:
             {"uid": FIRST_UID[environment] + serial, "id": app_id},
         )
     bind.execute(sa.text("UPDATE store_head SET apps_created = :n"), {"n": len(apps)})
-    with op.batch_alter_table("apps", schema=None) as batch_op:
-        batch_op.alter_column("machine_uid", existing_type=sa.Integer(), nullable=False)
-        batch_op.create_unique_constraint("uq_apps_machine_uid", ["machine_uid"])
+    op.create_index("ix_apps_machine_uid", "apps", ["machine_uid"], unique=True)
+    if bind.dialect.name != "sqlite":  # SQLite cannot add NOT NULL without a copy
+        op.alter_column("apps", "machine_uid", existing_type=sa.Integer(), nullable=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("apps", schema=None) as batch_op:
-        batch_op.drop_constraint("uq_apps_machine_uid", type_="unique")
-        batch_op.drop_column("machine_uid")
-    with op.batch_alter_table("store_head", schema=None) as batch_op:
-        batch_op.drop_column("apps_created")
+    # Native DROP COLUMN (SQLite 3.35+), never a copy of `apps` (see upgrade).
+    op.drop_index("ix_apps_machine_uid", table_name="apps")
+    op.drop_column("apps", "machine_uid")
+    op.drop_column("store_head", "apps_created")
