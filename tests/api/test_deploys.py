@@ -135,3 +135,23 @@ def test_a_release_lists_its_machines_only_to_who_may_read_machines(
 
     config = world.call("GET", "/v1/apps/acme-web/config", apps_only).json()
     assert config["http_service"]["internal_port"] == 8080
+
+
+def test_a_superseded_release_names_the_next_and_whether_it_carries_its_code(
+    world: World, tmp_path: Path
+) -> None:
+    token = world.tokens["acme.deploy"]
+    digest, data = built(tmp_path)
+    world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", token, content=data)
+    for config in (CONFIG, CONFIG.replace("8080", "8081")):  # two deploys before any rollout
+        body = {"artifact": digest, "config": config}
+        assert world.call("POST", "/v1/apps/acme-web/deploys", token, json=body).status_code == 201
+    world.call("POST", "/v1/apps/acme-web/secrets", token, json={"values": {"K": "v"}})
+    first, second = (
+        world.call("GET", f"/v1/apps/acme-web/releases/{n}", token).json() for n in (1, 2)
+    )
+    assert first["status"] == second["status"] == "superseded"
+    assert first["superseded_by"] == {"number": 2, "carries_code": False}  # another config
+    assert second["superseded_by"] == {"number": 3, "carries_code": True}  # a secrets change
+    third = world.call("GET", "/v1/apps/acme-web/releases/3", token).json()
+    assert third["status"] == "pending" and "superseded_by" not in third

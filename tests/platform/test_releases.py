@@ -50,6 +50,9 @@ def test_a_release_still_pending_when_a_newer_one_comes_is_superseded(
             "pending",
         )
         assert f"release {newest.number} came before it rolled out" in skipped.status_reason
+        # An agent that read it before it was superseded cannot start it any more.
+        assert not machine_rules.set_release_status(tx, app, skipped.number, "running")
+        assert skipped.status == "superseded"
         # Should the newest fail, the app goes back to what served, not to one never tried.
         machine_rules.set_release_status(tx, app, newest.number, "failed", "check failed")
         assert release_rules.serving_release(tx.session, app.id) is serving

@@ -253,17 +253,31 @@ def test_a_failing_log_sink_loses_lines_but_keeps_the_machine_running(tmp_path: 
     assert kept[-1] == "line-19999" and "first" not in kept
 
 
-def test_a_recorded_group_is_killed_only_as_its_uid_and_in_its_boot(tmp_path: Path) -> None:
+def test_a_recorded_group_is_killed_only_as_its_uid_in_its_boot_and_its_leaders_life(
+    tmp_path: Path,
+) -> None:
     victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
     record = tmp_path / "group"
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    stat = Path(f"/proc/{victim.pid}/stat").read_text()
+    started = int(stat[stat.rindex(")") + 2 :].split()[19])
+    me = os.geteuid()
     try:
-        for uid, booted in ((PRODUCTION, boot), (os.geteuid(), "another-boot")):
-            record.write_text(json.dumps({"pgid": victim.pid, "uid": uid, "boot": booted}))
+        for uid, booted, since in (
+            (PRODUCTION, boot, started),  # another uid's
+            (me, "another-boot", started),  # an id from before a reboot
+            (me, boot, started + 1),  # the id now names another process
+        ):
+            fields = {"pgid": victim.pid, "uid": uid, "boot": booted, "started": since}
+            record.write_text(json.dumps(fields))
             assert kill_recorded_group(record) == 0 and victim.poll() is None
         record.write_text("not json")
         assert kill_recorded_group(record) == 0
-        record.write_text(json.dumps({"pgid": victim.pid, "uid": os.geteuid(), "boot": boot}))
+        own = {"pgid": os.getpgrp(), "uid": me, "boot": boot, "started": 0}
+        record.write_text(json.dumps(own))
+        assert kill_recorded_group(record) == 0  # never the agent's own group
+        fields = {"pgid": victim.pid, "uid": me, "boot": boot, "started": started}
+        record.write_text(json.dumps(fields))
         assert kill_recorded_group(record) == 1
         assert victim.wait(timeout=5) == -signal.SIGKILL
     finally:

@@ -49,11 +49,11 @@ NumberArg = Annotated[int, typer.Argument(help="Release number (see `aero releas
 def show(number: NumberArg, app_name: AppOpt, json_mode: JsonFlag = False) -> None:
     """One release: its rollout status, and the machines that run it."""
     release = client().get(f"/v1/apps/{app_name}/releases/{number}")
+    if json_mode:
+        emit_json(release)  # as the API gives it: secrets as {name: version}
+        return
     machines = release.pop("machines")
     release["secrets"] = ", ".join(f"{k} v{v}" for k, v in release["secrets"].items()) or "-"
-    if json_mode:
-        emit_json({**release, "machines": machines})
-        return
     record(release, json_mode=False, title=f"release {number} of {app_name}")
     if machines is None:
         console.print("  machines: not shown (this token may not read machines)", highlight=False)

@@ -35,8 +35,10 @@ def app_url(api: Client, app: str) -> str | None:
 
 
 def _summary(release: dict[str, Any]) -> str:
+    if release["machines"] is None:  # a token that may not read machines
+        return f"release {release['number']}: {release['status']} (machines not shown)"
     states: dict[str, int] = {}
-    for machine in release["machines"] or []:  # null for a token that may not read machines
+    for machine in release["machines"]:
         label = (
             machine["state"] if machine["state"] != "started" else f"started/{machine['health']}"
         )
@@ -67,6 +69,31 @@ def wait(api: Client, app: str, number: int, *, timeout: float, show: bool) -> d
             time.sleep(POLL)
 
 
+def wait_through(
+    api: Client, app: str, number: int, *, timeout: float, show: bool, secrets_change: bool
+) -> dict[str, Any]:
+    """`wait`, and when the release is superseded by one that carries this change (any later
+    release carries a secrets change; a deploy's only if the next one has its code, as a
+    secrets change made meanwhile does), the release that does, until one ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        release = wait(api, app, number, timeout=left, show=show)
+        after = release.get("superseded_by")
+        if release["status"] != "superseded" or not after:
+            return release
+        if not (secrets_change or after["carries_code"]):
+            return release
+        if show:
+            console.print(
+                f"release {number} of {app} was superseded by release {after['number']}, "
+                "which carries it",
+                style="dim",
+                highlight=False,
+            )
+        number = after["number"]
+
+
 def follow(
     api: Client,
     app: str,
@@ -75,16 +102,24 @@ def follow(
     json_mode: bool,
     timeout: float,
     extra: dict[str, Any] | None = None,
+    secrets_change: bool = False,
 ) -> None:
-    """Wait for the release: `complete` exits 0 (with the app's URL), `failed` exits 1 with the
-    reason and the failing machine's last log lines (scrubbed of secrets when stored)."""
-    release = wait(api, app, number, timeout=timeout, show=not json_mode)
+    """Wait for the release (or the one that carries it): `complete` exits 0 (with the app's
+    URL), `failed` exits 1 with the reason and the failing machine's last log lines (scrubbed
+    of secrets when stored), `superseded` by a release without it exits 1."""
+    release = wait_through(
+        api, app, number, timeout=timeout, show=not json_mode, secrets_change=secrets_change
+    )
+    number = release["number"]
     lines, unreadable = (
         _last_lines(api, app, release) if release["status"] == "failed" else ([], "")
     )
     url = app_url(api, app)
     if json_mode:
-        emit_json({"app": app, "release": release, "url": url, "logs": lines, **(extra or {})})
+        shown = {"app": app, "release": release, "url": url, "logs": lines}
+        if unreadable:
+            shown["logs_unavailable"] = unreadable
+        emit_json({**shown, **(extra or {})})
     elif release["status"] == "superseded":
         err_console.print(
             f"[yellow]release {number} of {app} will not roll out:[/yellow] "
@@ -107,7 +142,9 @@ def follow(
         )
         err_console.print("  the previous release keeps serving", highlight=False)
         if unreadable:
-            err_console.print(f"  (its log lines are not shown: {escape(unreadable)})")
+            err_console.print(
+                f"  (its log lines are not shown: {escape(unreadable)})", highlight=False
+            )
         if lines:
             err_console.print(f"  last log lines of {lines[0]['machine']}:", highlight=False)
             for line in lines:

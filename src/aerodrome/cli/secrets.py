@@ -11,7 +11,7 @@ from dotenv import dotenv_values
 
 from aerodrome.cli.common import client
 from aerodrome.cli.output import AppOpt, JsonFlag, console, emit_json, err_console, table
-from aerodrome.cli.rollout import WAIT, follow, wait
+from aerodrome.cli.rollout import WAIT, follow, wait_through
 from aerodrome.errors import InvalidInput
 
 app = typer.Typer(
@@ -75,10 +75,12 @@ def _emit_after_rollout(data: dict[str, Any], app_name: str, detach: bool) -> No
     print, and exit 1 if it failed."""
     release = data.get("release")
     if not detach and release and release.get("status") == "pending":
-        data["rollout"] = wait(client(), app_name, release["number"], timeout=WAIT, show=False)
+        data["rollout"] = wait_through(
+            client(), app_name, release["number"], timeout=WAIT, show=False, secrets_change=True
+        )
     emit_json(data)
-    if (data.get("rollout") or {}).get("status") == "failed":
-        raise typer.Exit(1)
+    if (data.get("rollout") or {}).get("status") in ("failed", "superseded"):
+        raise typer.Exit(1)  # as without --json: the values did not reach the machines
 
 
 def _release_line(data: dict[str, Any], app_name: str, detach: bool = True) -> None:
@@ -88,7 +90,10 @@ def _release_line(data: dict[str, Any], app_name: str, detach: bool = True) -> N
             f"release {release['number']} of {app_name} restarts its machines one at a time",
             highlight=False,
         )
-        follow(client(), app_name, release["number"], json_mode=False, timeout=WAIT)
+        follow(
+            client(), app_name, release["number"], json_mode=False, timeout=WAIT,
+            secrets_change=True,
+        )  # fmt: skip
     elif release and release.get("status") == "pending":
         console.print(
             f"release {release['number']} of {app_name} restarts its machines one at a time; "

@@ -65,7 +65,12 @@ def create_app(tx: Tx, org: Org, name: str, environment: str, creator_id: str) -
     tx.session.add(app)
     tx.session.flush()
     tx.changed("app", app.id, "create")
-    tx.audit("app.create", app.id, org_id=org.id, detail={"name": name, "environment": environment})
+    tx.audit(
+        "app.create",
+        app.id,
+        org_id=org.id,
+        detail={"name": name, "environment": environment, "machine_uid": app.machine_uid},
+    )
     return app
 
 

@@ -139,12 +139,16 @@ def request(tx: Tx, app: App, machine_id: str, what: str) -> Machine:
 # -- releases -----------------------------------------------------------------------------------
 
 
-def set_release_status(tx: Tx, app: App, number: int, status: str, reason: str = "") -> None:
+def set_release_status(tx: Tx, app: App, number: int, status: str, reason: str = "") -> bool:
+    """Record a release's rollout status; False (nothing changed) for a superseded release,
+    which never rolls out: whoever waited for it has been told so."""
     if status not in RELEASE_STATUSES:
         raise ValueError(status)
     release = release_rules.get_release(tx.session, app, number)
+    if release.status == "superseded":
+        return False
     if release.status == status and release.status_reason == reason[:300]:
-        return
+        return True
     release.status, release.status_reason = status, reason[:300]
     tx.changed("release", release.id, "update")
     tx.audit(
@@ -153,6 +157,7 @@ def set_release_status(tx: Tx, app: App, number: int, status: str, reason: str =
         org_id=app.org_id,
         detail={"number": number, "reason": release.status_reason},
     )
+    return True
 
 
 def rollback(tx: Tx, app: App, number: int) -> Release:

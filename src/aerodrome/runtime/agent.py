@@ -161,6 +161,19 @@ class Agent:
         behind (the processes their first one started), drop them, their trees, their routes
         and their credentials, so the releases they ran are rolled out afresh and nothing they
         held still opens anything."""
+        with self.services.store.read() as session:
+            left = list(
+                session.execute(
+                    select(MachineRow.id).where(MachineRow.region == self.region)
+                ).scalars()
+            )
+        for machine_id in left:  # outside the write transaction: this reads all of /proc
+            if MACHINE_ID.fullmatch(machine_id):  # a path component the agent made
+                tree = self.machines_dir / machine_id
+                killed = kill_recorded_group(tree / "group")
+                if killed:
+                    log.warning("killed %d leftover process(es) of %s", killed, machine_id)
+                shutil.rmtree(tree, ignore_errors=True)
         with self.services.store.write(self._audit) as tx:
             rows = list(
                 tx.session.execute(
@@ -168,12 +181,6 @@ class Agent:
                 ).scalars()
             )
             for row in rows:
-                if MACHINE_ID.fullmatch(row.id):  # a path component the agent made
-                    tree = self.machines_dir / row.id
-                    killed = kill_recorded_group(tree / "group")
-                    if killed:
-                        log.warning("killed %d leftover process(es) of %s", killed, row.id)
-                    shutil.rmtree(tree, ignore_errors=True)
                 if row.address:
                     self._unroute_address(tx, row.app_id, row.address)
                 machine_rules.destroy_machine(tx, row.id)
@@ -277,7 +284,13 @@ class Agent:
     async def roll_out(self, app: App, release: Release) -> None:
         config = parsed_config(release.config or "")
         old = sorted(self.of_app(app.id), key=lambda r: r.release != release.number)
-        await self._status(app, release.number, "running")
+        if not await self._status(app, release.number, "running"):
+            # A newer release came after this one was read (or the app went): leave it to the
+            # next round, which rolls out the newest.
+            log.info(
+                "release %s of %s was superseded before it rolled out", release.number, app.name
+            )
+            return
         # A release that changes only secrets restarts machines one at a time, whatever the
         # strategy: never all of an app's machines at once for a value change.
         same_code = bool(old) and all(
@@ -363,14 +376,17 @@ class Agent:
                 except StartFailed as failure:
                     log.error("rolling %s back failed too: %s", app.name, failure)
 
-    async def _status(self, app: App, number: int, status: str, reason: str = "") -> None:
-        def write() -> None:
+    async def _status(self, app: App, number: int, status: str, reason: str = "") -> bool:
+        """False when the release can no longer take a status (superseded) or the app is gone."""
+
+        def write() -> bool:
             with self.services.store.write(self._audit) as tx:
                 row = tx.session.get(App, app.id)  # never `merge`: it would re-create a removed app
-                if row is not None:
-                    machine_rules.set_release_status(tx, row, number, status, reason)
+                if row is None:
+                    return False
+                return machine_rules.set_release_status(tx, row, number, status, reason)
 
-        await asyncio.to_thread(write)
+        return await asyncio.to_thread(write)
 
     # -- one machine ---------------------------------------------------------------------------
 

@@ -101,28 +101,46 @@ def _boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat from its third field on (the command name may hold spaces)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int:
+    """When the process started, in clock ticks after boot: with the pid, it names one
+    process for the life of the boot (a pid alone is reused)."""
+    return int(_stat_fields(pid)[19])
+
+
 def kill_recorded_group(group_file: Path) -> int:
     """Kill what a machine of a previous agent run left behind: every process still in the
     process group `group_file` names and running as its uid. The dying agent took the
     machine's first process with it (`PR_SET_PDEATHSIG`), but not the processes that one
     started (a server's workers, a background job), which would keep its port and its secrets
-    in memory. Only in the boot that wrote the file (after a reboot its ids mean nothing);
-    returns how many were killed."""
+    in memory. Only in the boot that wrote the file (after a reboot its ids mean nothing), never
+    this process's own group, and not when the group's id is a live process other than the
+    one recorded (the id was handed on). A process that left the group (`setsid`) is out of
+    reach. Returns how many were killed."""
     try:
         record = json.loads(group_file.read_text())
         pgid, uid, boot = int(record["pgid"]), int(record["uid"]), str(record["boot"])
+        started = int(record["started"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
-    if boot != _boot_id() or pgid <= 1:
+    if boot != _boot_id() or pgid <= 1 or pgid in (os.getpid(), os.getpgrp()):
         return 0
+    try:
+        if _start_time(pgid) != started:
+            return 0  # another process has this id now: the group is not the machine's
+    except (OSError, ValueError, IndexError):
+        pass  # the leader is gone (it died with the agent): its group may live on
     killed = 0
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            stat = (proc / "stat").read_text()
-            # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses
-            group = int(stat[stat.rindex(")") + 2 :].split()[2])
+            group = int(_stat_fields(proc.name)[2])
             real_uid = int(next(
                 line.split()[1] for line in (proc / "status").read_text().splitlines()
                 if line.startswith("Uid:")
@@ -130,7 +148,7 @@ def kill_recorded_group(group_file: Path) -> int:
             if group == pgid and real_uid == uid:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed += 1
-        except (OSError, ValueError, StopIteration):
+        except (OSError, ValueError, IndexError, StopIteration):
             continue  # gone meanwhile, or not ours to read
     return killed
 
@@ -232,7 +250,8 @@ class Machine:
         self.started_at = time.monotonic()
         if self.spec.group_file is not None:
             uid = self.spec.user if self.spec.user is not None else os.geteuid()
-            record = {"pgid": self.process.pid, "uid": uid, "boot": _boot_id()}
+            pid = self.process.pid
+            record = {"pgid": pid, "uid": uid, "boot": _boot_id(), "started": _start_time(pid)}
             self.spec.group_file.write_text(json.dumps(record))
         assert self.process.stdout is not None and self.process.stderr is not None
         self._readers = [

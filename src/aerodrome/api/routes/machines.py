@@ -91,19 +91,30 @@ def show_release(
 ) -> dict[str, Any]:
     """One release, with its rollout status (pending, running, complete, failed, superseded;
     with a reason) and the machines that run it (listed only for a caller that may also read
-    machines; else `machines` is null)."""
+    machines; else `machines` is null). A failed release's reason may name the machine that
+    failed. A superseded one names the release that came next (`superseded_by`), and whether
+    that one carries its code and configuration (a secrets change does; a newer deploy does
+    not), so a client waiting for it knows whether to follow that one instead."""
     assert caller.target.app is not None
-    app = caller.target.app
+    target = caller.target.app
     with caller.services.store.read() as session:
-        release = release_rules.get_release(session, app, number)
+        release = release_rules.get_release(session, target, number)
         machines = None
-        if caller.can(session, "machines.read", caller.target.org, app):
+        if caller.can(session, "machines.read", caller.target.org, target):
             machines = [
                 machine_view(m)
-                for m in machine_rules.list_machines(session, app.id)
+                for m in machine_rules.list_machines(session, target.id)
                 if m.release == number
             ]
-        return {**(release_view(release) or {}), "machines": machines}
+        view = {**(release_view(release) or {}), "machines": machines}
+        if release.status == "superseded":
+            successor = release_rules.get_release(session, target, number + 1)
+            view["superseded_by"] = {
+                "number": successor.number,
+                "carries_code": (successor.artifact, successor.config)
+                == (release.artifact, release.config),
+            }
+        return view
 
 
 @router.post("/apps/{app}/releases/{number}/rollback", status_code=201)
