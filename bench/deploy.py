@@ -25,10 +25,11 @@ Three parts, in one invocation (about a minute with the defaults):
   2 start    Machine start latency, spawn to first passing check: `aerodrome.runtime.machine.
              Machine.start` on a fresh copy of the example (clean environment, rlimits,
              no_new_privs, own session, redacting pipes, and as root the handover of the tree
-             to uid 70000 and the uid switch), with the app's one secret, then GET /healthz on
-             127.0.0.1:$PORT every 10 ms until 200. Peer: `subprocess.Popen(["python3",
-             "app.py"])` of the same copy with PORT and SESSION_KEY in the inherited
-             environment, the same polling. The order of the two alternates each run.
+             to the first production app's uid and the uid switch), with the app's one secret,
+             then GET /healthz on 127.0.0.1:$PORT every 10 ms until 200. Peer:
+             `subprocess.Popen(["python3", "app.py"])` of the same copy with PORT and
+             SESSION_KEY in the inherited environment, the same polling. The order of the two
+             alternates each run.
   3 unseal   `unseal_for_machine` (verify the machine token, authorize, read, unwrap each data
              key, decrypt, audit), which the agent calls before every machine start, shown on
              its own: bench/secrets.py's `bench_unseal` for 1 secret (as the example has) and
@@ -542,7 +543,7 @@ async def start_naive(base: Path, key: str, index: int) -> dict[str, float]:
 
 
 def bench_starts(tmp: Path, runs: int) -> dict[str, Any]:
-    # As root, machines run as uid 70000, which must be able to reach its tree: the base
+    # As root, machines run as their app's uid, which must be able to reach its tree: the base
     # directory is searchable (0711), as the agent's machines directory is.
     base = tmp / "machines"
     base.mkdir(mode=0o711)

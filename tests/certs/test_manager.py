@@ -438,5 +438,8 @@ def test_the_edge_unseals_again_only_the_keys_that_changed(
     }
     assert "PRIVATE" not in repr(opened) and web in repr(opened)
     with services.store.write() as tx:
+        secret_rules.rotate_keys(tx, services.root_secret)  # every key re-wrapped: opens afresh
+    assert load() == renewed and len(unsealed) == 7
+    with services.store.write() as tx:
         app_rules.destroy_app(tx, app_rules.get_app(tx.session, "shop"))
     assert f"shop.{DOMAIN}" not in load() and f"shop.{DOMAIN}" not in repr(opened)

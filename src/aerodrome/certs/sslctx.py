@@ -51,7 +51,7 @@ def load_cert_chain(context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -
     """`context.load_cert_chain` from PEM bytes (chain leaf first, then intermediates)."""
     password: bytes | None = None
     if not _in_memory():
-        password = secrets.token_bytes(32)
+        password = secrets.token_urlsafe(32).encode()
         private = serialization.load_pem_private_key(key_pem, password=None)
         key_pem = private.private_bytes(
             serialization.Encoding.PEM,

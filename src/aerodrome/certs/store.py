@@ -383,7 +383,7 @@ class OpenedKeys:
     store write moves the revision; certificates rarely change). Never in a repr."""
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[str, bytes]] = {}
+        self._keys: dict[str, tuple[tuple[str, ...], bytes]] = {}
 
     def __repr__(self) -> str:
         return f"OpenedKeys({sorted(self._keys)})"
@@ -403,7 +403,7 @@ def load_edge_certificates(
     same ciphertext are reused, and the cache keeps only what this call returns."""
     now = now or utcnow()
     earlier = opened._keys if opened is not None else {}
-    kept: dict[str, tuple[str, bytes]] = {}
+    kept: dict[str, tuple[tuple[str, ...], bytes]] = {}
     out = EdgeCertificates()
     rows = session.execute(
         select(Certificate).where(
@@ -414,8 +414,11 @@ def load_edge_certificates(
     ).scalars()
     for row in rows:
         ciphertext = row.key_ciphertext or ""
+        # Everything the unseal depends on: a re-wrap (key rotation) or another row opens it
+        # afresh, so a key that would no longer open is never served from the cache.
+        sealed_as = (row.id, str(row.generation), ciphertext, row.key_wrapped or "")
         known = earlier.get(row.hostname)
-        if known is not None and known[0] == ciphertext:
+        if known is not None and known[0] == sealed_as:
             key_pem = known[1]
         else:
             try:
@@ -428,7 +431,7 @@ def load_edge_certificates(
                 log.error("certificate key of %s does not open: %s", row.hostname, error.code)
                 continue
             key_pem = key.reveal()
-        kept[row.hostname] = (ciphertext, key_pem)
+        kept[row.hostname] = (sealed_as, key_pem)
         out[row.hostname] = ((row.chain_pem or "").encode("ascii"), key_pem)
     if opened is not None:
         opened._keys = kept

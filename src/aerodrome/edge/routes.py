@@ -7,6 +7,7 @@ each new request reads the worker's current table. A swap never touches open con
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from aerodrome.edge.cors import CorsPolicy
@@ -48,7 +49,7 @@ class Route:
     # The whole `strict-transport-security` line, ready to append to a response head over
     # TLS (empty when HSTS is off): compiled once per revision, not per response.
     hsts_line: bytes = b""
-    # The app's name as the access log writes it (a validated slug: nothing to escape).
+    # The app's name as it goes into the access log's JSON string (escaped once, here).
     app_label: bytes = b""
 
 
@@ -83,5 +84,5 @@ def build_route(
         cors=CorsPolicy(service.cors, (own,)),
         https_location=own.encode(),
         hsts_line=hsts_line,
-        app_label=app.encode(),
+        app_label=json.dumps(app)[1:-1].encode(),
     )
