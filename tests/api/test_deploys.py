@@ -114,15 +114,25 @@ def test_an_apps_artifacts_are_its_own(world: World, tmp_path: Path) -> None:
     assert refused.status_code == 400 and "was not uploaded" in refused.json()["error"]["message"]
 
 
+def deployed(world: World, tmp_path: Path, *configs: str) -> list[int]:
+    """Upload one artifact to acme-web and deploy it once per config; the release numbers."""
+    token = world.tokens["acme.deploy"]
+    digest, data = built(tmp_path)
+    world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", token, content=data)
+    numbers = []
+    for config in configs:
+        body = {"artifact": digest, "config": config}
+        made = world.call("POST", "/v1/apps/acme-web/deploys", token, json=body)
+        assert made.status_code == 201, made.text
+        numbers.append(made.json()["number"])
+    return numbers
+
+
 def test_a_release_lists_its_machines_only_to_who_may_read_machines(
     world: World, tmp_path: Path
 ) -> None:
     token = world.tokens["acme.deploy"]
-    digest, data = built(tmp_path)
-    world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", token, content=data)
-    number = world.call(
-        "POST", "/v1/apps/acme-web/deploys", token, json={"artifact": digest, "config": CONFIG}
-    ).json()["number"]
+    [number] = deployed(world, tmp_path, CONFIG)
     with world.services.store.write() as tx:
         app = app_rules.get_app(tx.session, "acme-web")
         machine_rules.create_machine(tx, app, new_id("mch"), number, "local")
@@ -141,11 +151,7 @@ def test_a_superseded_release_names_the_next_and_whether_it_carries_its_code(
     world: World, tmp_path: Path
 ) -> None:
     token = world.tokens["acme.deploy"]
-    digest, data = built(tmp_path)
-    world.call("PUT", f"/v1/apps/acme-web/artifacts/{digest}", token, content=data)
-    for config in (CONFIG, CONFIG.replace("8080", "8081")):  # two deploys before any rollout
-        body = {"artifact": digest, "config": config}
-        assert world.call("POST", "/v1/apps/acme-web/deploys", token, json=body).status_code == 201
+    deployed(world, tmp_path, CONFIG, CONFIG.replace("8080", "8081"))  # before any rollout
     world.call("POST", "/v1/apps/acme-web/secrets", token, json={"values": {"K": "v"}})
     first, second = (
         world.call("GET", f"/v1/apps/acme-web/releases/{n}", token).json() for n in (1, 2)

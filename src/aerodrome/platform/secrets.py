@@ -198,18 +198,22 @@ def _total_size(session: Session, app_id: str, excluding: set[str]) -> int:
     return total
 
 
+def _is_current_version() -> ColumnElement[bool]:
+    """Joins a secret to the version it is at."""
+    return (
+        (SecretVersion.app_id == Secret.app_id)
+        & (SecretVersion.name == Secret.name)
+        & (SecretVersion.version == Secret.current_version)
+    )
+
+
 def _current_of(
     session: Session, app_id: str, names: Iterable[str]
 ) -> dict[str, tuple[Secret, SecretVersion | None]]:
     """`_current` of several names in one query (names never set are left out)."""
     rows = session.execute(
         select(Secret, SecretVersion)
-        .outerjoin(
-            SecretVersion,
-            (SecretVersion.app_id == Secret.app_id)
-            & (SecretVersion.name == Secret.name)
-            & (SecretVersion.version == Secret.current_version),
-        )
+        .outerjoin(SecretVersion, _is_current_version())
         .where(Secret.app_id == app_id, Secret.name.in_(list(names)))
     )
     return {secret.name: (secret, version) for secret, version in rows}
@@ -423,12 +427,7 @@ def list_secrets(session: Session, app: App) -> list[SecretInfo]:
     out: list[SecretInfo] = []
     rows = session.execute(
         select(Secret, SecretVersion)
-        .join(
-            SecretVersion,
-            (SecretVersion.app_id == Secret.app_id)
-            & (SecretVersion.name == Secret.name)
-            & (SecretVersion.version == Secret.current_version),
-        )
+        .join(SecretVersion, _is_current_version())
         .where(Secret.app_id == app.id)
         .order_by(Secret.name)
     )

@@ -251,7 +251,11 @@ class Machine:
         if self.spec.group_file is not None:
             uid = self.spec.user if self.spec.user is not None else os.geteuid()
             pid = self.process.pid
-            record = {"pgid": pid, "uid": uid, "boot": _boot_id(), "started": _start_time(pid)}
+            try:
+                started = _start_time(pid)
+            except (OSError, ValueError, IndexError):
+                started = 0  # already exited and reaped: its group is killed by `wait`
+            record = {"pgid": pid, "uid": uid, "boot": _boot_id(), "started": started}
             self.spec.group_file.write_text(json.dumps(record))
         assert self.process.stdout is not None and self.process.stderr is not None
         self._readers = [
