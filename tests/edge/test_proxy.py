@@ -17,7 +17,7 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from aerodrome.edge.tls import TlsManager
+from aerodrome.edge.tls import TlsManager, hardened_context
 from aerodrome.platform.http_service import Cors, HttpService
 from tests.edge.support import EchoApp, EdgeHarness, start_edge
 
@@ -343,6 +343,18 @@ def test_tls_without_sni_or_for_an_unknown_name_gets_no_handshake(edge: EdgeHarn
             tls_socket(edge, name)
     status, _, _ = https(edge, "web")  # and the edge is still fine
     assert status == 200
+
+
+def test_the_event_loop_reads_and_writes_tls_records_without_python_wrappers() -> None:
+    # The edge's contexts hand uvloop the TLS connection's own C read and write (it looks
+    # them up once per connection); everything else an SSLObject offers stays as it was.
+    sslobj = hardened_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    assert isinstance(sslobj, ssl.SSLObject)
+    assert type(sslobj.read).__name__ == type(sslobj.write).__name__ == "builtin_function_or_method"
+    assert type(ssl.SSLObject.read).__name__ == "function"  # what it replaces: Python
+    with pytest.raises(ssl.SSLWantReadError):
+        sslobj.read(1024)  # no record yet: the error the loop expects
+    assert sslobj.server_side and sslobj.pending() == 0
 
 
 def test_oversized_headers_431_and_body_413(edge: EdgeHarness) -> None:
