@@ -35,9 +35,10 @@ class DirectSSLObject(ssl.SSLObject):
     """An `ssl.SSLObject` whose `read` and `write` are the C methods of the TLS connection
     itself. The event loop's TLS layer looks both up once per connection and then calls them
     for every record: through `SSLObject`'s Python wrappers, each call costs an interpreter
-    frame, and the `SSLWantReadError` that ends every read is raised through one (measured:
-    about 0.3-0.7 µs per request or WebSocket message). They take the same positional
-    arguments. `SSLContext.sslobject_class` is the documented way to choose this class."""
+    frame, and the `SSLWantReadError` that ends every read is raised through one (measured
+    in-process: 0.3-0.7 µs per request and response; a WebSocket message takes the same
+    path). They take the same positional arguments. `SSLContext.sslobject_class` is the
+    documented way to choose this class."""
 
     @property
     def read(self) -> Callable[..., Any]:
