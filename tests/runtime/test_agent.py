@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from aerodrome.store.models import App, Release, Token, Upstream
 from aerodrome.store.models import Machine as MachineRow
 
 SERVER = """\
-import http.server, os, pathlib, sys
+import http.server, os, pathlib, socket, sys
 marker = os.environ.get("ONLY_ONE")
 if marker:  # the second machine of this release refuses to start
     try:
@@ -52,6 +53,12 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_response(500); self.end_headers(); return
         pages = {"/healthz": "ok", "/pid": str(os.getpid()),
                  "/": os.environ["GREETING"] + ":" + str(len(os.environ["API_KEY"]))}
+        if self.path.startswith("/probe/"):  # open a connection to a port on this host
+            try:
+                socket.create_connection(("127.0.0.1", int(self.path[7:])), timeout=3).close()
+                pages[self.path] = "open"
+            except OSError as e:
+                pages[self.path] = type(e).__name__
         if self.path.startswith("/environ/"):  # another process's environment, if it may
             try:
                 pages[self.path] = str(len(open("/proc/" + self.path[9:] + "/environ").read()))
@@ -69,13 +76,13 @@ SECRET = "s3cret-value-for-the-app"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-def make_app(services: Services, name: str) -> App:
+def make_app(services: Services, name: str, org_slug: str = "acme") -> App:
     with services.store.write() as tx:
         admin = org_rules.get_or_create_user(tx, "a@example.com")
         try:
-            org = org_rules.get_org(tx.session, "acme")
+            org = org_rules.get_org(tx.session, org_slug)
         except NotFound:
-            org = org_rules.create_org(tx, "acme", None, admin)
+            org = org_rules.create_org(tx, org_slug, None, admin)
         app = app_rules.create_app(tx, org, name, "production", admin.id)
         release_rules.set_secrets(
             tx,
@@ -545,6 +552,38 @@ def test_machines_of_two_apps_run_as_two_uids_and_cannot_read_each_others_secret
     assert web.machine_uid != other.machine_uid
     assert seen["own"].isdigit() and int(seen["own"]) > len(SECRET)  # it can read its own
     assert seen["theirs"] == seen["back"] == "PermissionError"  # not the other app's secrets
+
+
+@sqlite_only
+def test_a_machine_reaches_its_orgs_machines_but_not_another_orgs(
+    services: Services, web: App, tmp_path: Path
+) -> None:
+    make_app(services, "sibling")  # acme, like web
+    make_app(services, "foreign", org_slug="globex")
+    for name in ("web", "sibling", "foreign"):
+        release(services, tmp_path, app_name=name)
+    agent = Agent(services)
+
+    async def scenario() -> dict[str, str]:
+        await settle(agent)
+        [mine] = agent.of_app(web.id)
+        others = {r.app_name: r for r in agent.machines.values() if r.app_id != web.id}
+        seen = {
+            name: await get(mine.address, f"/probe/{running.port}")
+            for name, running in others.items()
+        }
+        seen["from foreign"] = await get(others["foreign"].address, f"/probe/{mine.port}")
+        for running in others.values():  # anyone else (the edge, this test) still connects
+            socket.create_connection(("127.0.0.1", running.port), timeout=3).close()
+        await agent.shutdown()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == {
+        "sibling": "open",  # an org's apps reach each other, as on Fly
+        "foreign": "ConnectionRefusedError",  # another org's only through the edge
+        "from foreign": "ConnectionRefusedError",
+    }
 
 
 @sqlite_only

@@ -44,7 +44,7 @@ from aerodrome.platform import tokens as token_records
 from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime.artifact import app_artifacts, stored_artifact, unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
-from aerodrome.runtime.isolation import isolate_test_machines
+from aerodrome.runtime.isolation import drop_org_table, isolate_orgs, isolate_test_machines
 from aerodrome.runtime.localapi import Identity, LocalApi, MachineCredentialCheck
 from aerodrome.runtime.logstore import LogStore
 from aerodrome.runtime.machine import (
@@ -136,6 +136,13 @@ class Agent:
         self.machines_dir = self.settings.machines_dir
         self._tasks: dict[str, asyncio.Task[None]] = {}  # app id -> its rollout or request
         self._revision = -1
+        # Who may connect to this agent's machines (see runtime/isolation.py): the production
+        # apps' uids per org and each app's org, from the store; the sets last installed.
+        self._org_uids: dict[str, list[int]] = {}
+        self._app_org: dict[str, str] = {}
+        self._isolated: tuple[frozenset[int], frozenset[tuple[int, int]]] | None = None
+        self._isolation_problem = ""
+        self._isolating = asyncio.Lock()
         self._audit = Audit(actor="agent")
         self._client: httpx.AsyncClient | None = None  # made in the loop that uses it
 
@@ -194,6 +201,27 @@ class Agent:
                 for token in list(credentials):
                     token_records.revoke_record(tx, token)
 
+    async def _isolate(self) -> None:
+        """Bring this agent's org table up to date (runtime/isolation.py): each machine's port
+        may be reached by the production apps of the machine's org, and by no other machine.
+        One update at a time, each from the state when it runs, so the last one wins."""
+        async with self._isolating:
+            ports = frozenset(r.port for r in self.machines.values())
+            peers = frozenset(
+                (uid, r.port)
+                for r in self.machines.values()
+                for uid in self._org_uids.get(self._app_org.get(r.app_id, ""), [])
+            )
+            if (ports, peers) == self._isolated:
+                return
+            problem = await asyncio.to_thread(
+                isolate_orgs, self.region, MACHINE_UIDS["production"], ports, peers
+            )
+            if problem and problem != self._isolation_problem:
+                log.warning("org isolation: %s", problem)
+            self._isolation_problem = problem or ""
+            self._isolated = (ports, peers) if problem is None else None
+
     @staticmethod
     def _unroute_address(tx: Tx, app_id: str, address: str) -> None:
         stale = tx.session.execute(
@@ -206,11 +234,14 @@ class Agent:
     def _desired(self) -> tuple[list[tuple[App, Release]], dict[str, MachineRow]]:
         with self.services.store.read() as session:
             serving = release_rules.serving_releases(session)
-            wanted = [
-                (app, serving[app.id])
-                for app in session.execute(select(App)).scalars()
-                if app.id in serving
-            ]
+            apps = list(session.execute(select(App)).scalars())
+            wanted = [(app, serving[app.id]) for app in apps if app.id in serving]
+            org_uids: dict[str, list[int]] = {}
+            for app in apps:
+                if app.environment == "production":
+                    org_uids.setdefault(app.org_id, []).append(app.machine_uid)
+            self._org_uids = org_uids
+            self._app_org = {app.id: app.org_id for app in apps}
             rows = {
                 row.id: row
                 for row in session.execute(
@@ -227,6 +258,7 @@ class Agent:
             return
         wanted, rows = await asyncio.to_thread(self._desired)
         self._revision = revision
+        await self._isolate()
         present = {app.id for app, _ in wanted}
         for app_id in {r.app_id for r in self.machines.values()} - present - set(self._tasks):
             self._spawn(app_id, self._discard_app(app_id))  # the app or its code is gone
@@ -411,6 +443,7 @@ class Agent:
             running = Running(app.id, app.name, release.number, config, machine, port)
             running.code = (release.artifact or "", release.config or "")
             self.machines[machine_id] = running
+            await self._isolate()  # its port is guarded before it listens
             await self._start(running)
             await self._wait_healthy(running)
         except BaseException as exc:
@@ -796,6 +829,9 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         await asyncio.gather(*(self._discard(r) for r in list(self.machines.values())))
+        if self._isolated is not None:
+            await asyncio.to_thread(drop_org_table, self.region)
+            self._isolated = None
         with contextlib.suppress(OSError):
             self.machines_dir.rmdir()  # once empty: nothing of this platform's machines stays
         if self._client is not None:

@@ -12,14 +12,25 @@ Unix sockets (its machine-local API) are not IP.
 The table is named `inet aerodrome` and replaced whole on each agent start (one `nft -f`
 transaction); it is left in place when the agent stops, since other platforms on the host may
 rely on it and the rule matches only the test range.
+
+Production machines may reach this host, but not another org's machines: each agent keeps a
+table of its own (`inet aerodrome_apps_<region>`) with the ports its machines listen on and
+the (uid . port) pairs allowed to open a connection to them, the uids of the apps of the
+machine's org (as on Fly, an org's apps reach each other; no one else's do, except through
+the edge). A new connection from a production uid to one of those ports on this host is
+refused unless its pair is in the set. The agent replaces the table whole whenever either set
+changes, adds a machine's port before the machine starts, and removes the table when it stops
+(its machines stop with it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 
 log = logging.getLogger("aerodrome.agent")
 TABLE = "aerodrome"
@@ -41,18 +52,77 @@ table inet {TABLE} {{
 """
 
 
-def isolate_test_machines(test_uids: range) -> str | None:
-    """Install the rule; returns None when it is in place, else why not (for a warning)."""
+def apps_table(region: str) -> str:
+    return "aerodrome_apps_" + re.sub(r"[^a-z0-9_]", "_", region.lower())
+
+
+def org_ruleset(
+    region: str,
+    production_uids: range,
+    ports: Iterable[int],
+    peers: Iterable[tuple[int, int]],
+) -> str:
+    """The agent's table: connections from production machines to its machines' ports only
+    from the same org's apps (`peers`: allowed uid . port pairs)."""
+    table = apps_table(region)
+    port_list = ", ".join(str(port) for port in sorted(set(ports)))
+    peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(set(peers)))
+    uids = f"{production_uids.start}-{production_uids.stop - 1}"
+    guarded = f"meta skuid {uids} ct state new fib daddr type local tcp dport @ports"
+    return f"""\
+table inet {table}
+delete table inet {table}
+table inet {table} {{
+  set ports {{
+    type inet_service;{f" elements = {{ {port_list} }};" if port_list else ""}
+  }}
+  set peers {{
+    typeof meta skuid . tcp dport;{f" elements = {{ {peer_list} }};" if peer_list else ""}
+  }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    {guarded} meta skuid . tcp dport != @peers counter reject with tcp reset
+  }}
+}}
+"""
+
+
+def _nft_apply(rules: str, what: str) -> str | None:
+    """Load `rules` in one transaction; None when done, else why not (for a warning)."""
     if os.geteuid() != 0:
-        return "not root: test machines run as the agent's user, with no firewall rule"
+        return f"not root: machines run as the agent's user, with no firewall rule for {what}"
     nft = shutil.which("nft") or next(
         (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
     )
     if nft is None:
-        return "nft is not installed (apt-get install nftables): test machines can reach this host"
+        return f"nft is not installed (apt-get install nftables): no firewall rule for {what}"
     result = subprocess.run(
-        [nft, "-f", "-"], input=ruleset(test_uids), capture_output=True, text=True, timeout=10
+        [nft, "-f", "-"], input=rules, capture_output=True, text=True, timeout=10
     )
     if result.returncode != 0:
-        return f"nft refused the rule: {result.stderr.strip()[:200]}"
+        return f"nft refused the rule for {what}: {result.stderr.strip()[:200]}"
     return None
+
+
+def isolate_test_machines(test_uids: range) -> str | None:
+    """Install the rule; returns None when it is in place, else why not (for a warning)."""
+    return _nft_apply(ruleset(test_uids), "test machines")
+
+
+def drop_org_table(region: str) -> None:
+    """Remove this agent's org table (its machines are gone: it guards nothing)."""
+    nft = shutil.which("nft")
+    if nft is not None and os.geteuid() == 0:
+        subprocess.run(
+            [nft, "delete", "table", "inet", apps_table(region)], capture_output=True, timeout=10
+        )
+
+
+def isolate_orgs(
+    region: str,
+    production_uids: range,
+    ports: Iterable[int],
+    peers: Iterable[tuple[int, int]],
+) -> str | None:
+    """Replace this agent's org table; None when it is in place, else why not."""
+    return _nft_apply(org_ruleset(region, production_uids, ports, peers), "other orgs")
