@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime import agent as agent_module
 from aerodrome.runtime.agent import Agent, Running
 from aerodrome.runtime.artifact import app_artifacts, build_artifact, store_artifact
+from aerodrome.runtime.isolation import apps_table
 from aerodrome.secrets.values import SecretValue
 from aerodrome.services import Services
 from aerodrome.store.models import App, Release, Token, Upstream
@@ -575,7 +577,14 @@ def test_a_machine_reaches_its_orgs_machines_but_not_another_orgs(
         seen["from foreign"] = await get(others["foreign"].address, f"/probe/{mine.port}")
         for running in others.values():  # anyone else (the edge, this test) still connects
             socket.create_connection(("127.0.0.1", running.port), timeout=3).close()
+        table = apps_table(agent._isolation_tag)
+        assert (
+            subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
+            == 0
+        )
         await agent.shutdown()
+        gone = subprocess.run(["nft", "list", "table", "inet", table], capture_output=True)
+        assert gone.returncode != 0  # its machines are gone: so is the table guarding them
         return seen
 
     seen = asyncio.run(scenario())

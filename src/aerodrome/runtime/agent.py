@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import shutil
 import signal
 import socket
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,10 +84,16 @@ MIN_CHECK_WAIT = 10.0  # after the grace period: how long a new machine has to p
 CREDENTIAL_REFRESH = 24 * 3600.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(taken: Collection[int] = ()) -> int:
+    """A port nothing listens on now, and not one of `taken` (ports of machines that are
+    stopped or waiting to restart: they keep theirs)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+    raise OSError("no free port")
 
 
 class StartFailed(Exception):
@@ -137,11 +145,14 @@ class Agent:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # app id -> its rollout or request
         self._revision = -1
         # Who may connect to this agent's machines (see runtime/isolation.py): the production
-        # apps' uids per org and each app's org, from the store; the sets last installed.
-        self._org_uids: dict[str, list[int]] = {}
-        self._app_org: dict[str, str] = {}
+        # apps' uids per org and each app's org, from the store (replaced together); the sets
+        # last installed, whether a table was ever installed, and why not, if not.
+        self._orgs: tuple[dict[str, list[int]], dict[str, str]] = ({}, {})
         self._isolated: tuple[frozenset[int], frozenset[tuple[int, int]]] | None = None
+        self._isolation_installed = False
         self._isolation_problem = ""
+        tag = hashlib.sha256(str(self.settings.data_dir).encode()).hexdigest()[:8]
+        self._isolation_tag = f"{self.region}_{tag}"
         self._isolating = asyncio.Lock()
         self._audit = Audit(actor="agent")
         self._client: httpx.AsyncClient | None = None  # made in the loop that uses it
@@ -206,21 +217,23 @@ class Agent:
         may be reached by the production apps of the machine's org, and by no other machine.
         One update at a time, each from the state when it runs, so the last one wins."""
         async with self._isolating:
+            org_uids, app_org = self._orgs
             ports = frozenset(r.port for r in self.machines.values())
             peers = frozenset(
                 (uid, r.port)
                 for r in self.machines.values()
-                for uid in self._org_uids.get(self._app_org.get(r.app_id, ""), [])
+                for uid in org_uids.get(app_org.get(r.app_id, ""), [])
             )
             if (ports, peers) == self._isolated:
                 return
             problem = await asyncio.to_thread(
-                isolate_orgs, self.region, MACHINE_UIDS["production"], ports, peers
+                isolate_orgs, self._isolation_tag, MACHINE_UIDS["production"], ports, peers
             )
             if problem and problem != self._isolation_problem:
                 log.warning("org isolation: %s", problem)
             self._isolation_problem = problem or ""
             self._isolated = (ports, peers) if problem is None else None
+            self._isolation_installed |= problem is None
 
     @staticmethod
     def _unroute_address(tx: Tx, app_id: str, address: str) -> None:
@@ -240,8 +253,7 @@ class Agent:
             for app in apps:
                 if app.environment == "production":
                     org_uids.setdefault(app.org_id, []).append(app.machine_uid)
-            self._org_uids = org_uids
-            self._app_org = {app.id: app.org_id for app in apps}
+            self._orgs = (org_uids, {app.id: app.org_id for app in apps})
             rows = {
                 row.id: row
                 for row in session.execute(
@@ -432,7 +444,7 @@ class Agent:
             digest = release.artifact or ""
             artifact = stored_artifact(app_artifacts(self.settings.data_dir, app.id), digest)
             await asyncio.to_thread(unpack_artifact, artifact, workdir / "app", digest)
-            port = free_port()
+            port = free_port({r.port for r in self.machines.values()})
             spec = MachineSpec(
                 machine_id=machine_id, app=app.name, release=release.number,
                 region=self.region, command=config.command, workdir=workdir / "app", port=port,
@@ -444,6 +456,11 @@ class Agent:
             running.code = (release.artifact or "", release.config or "")
             self.machines[machine_id] = running
             await self._isolate()  # its port is guarded before it listens
+            if self._isolated is None and self._isolation_installed:
+                raise StartFailed(
+                    f"machine {machine_id} was not started: the firewall rule guarding its "
+                    f"port could not be installed ({self._isolation_problem})"
+                )
             await self._start(running)
             await self._wait_healthy(running)
         except BaseException as exc:
@@ -692,6 +709,7 @@ class Agent:
     async def _retire(self, app: App, running: Running) -> None:
         await self._stop(running, "replaced")
         self.machines.pop(running.machine_id, None)
+        await self._isolate()  # its port is no one's now
         await asyncio.to_thread(
             self._destroy, running.machine_id, running.machine.spec.workdir.parent
         )
@@ -743,6 +761,8 @@ class Agent:
         """Checks for started machines; restarts (with backoff) for crashed ones. During an
         app's rollout or request, only a routed machine that died is dealt with (unrouted)."""
         now = time.monotonic()
+        if self._isolated is None and self._isolation_installed:
+            await self._isolate()  # the last update failed: try again
         due = []
         for running in list(self.machines.values()):
             if running.stopped or running.failed:
@@ -829,9 +849,9 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         await asyncio.gather(*(self._discard(r) for r in list(self.machines.values())))
-        if self._isolated is not None:
-            await asyncio.to_thread(drop_org_table, self.region)
-            self._isolated = None
+        if self._isolation_installed:
+            await asyncio.to_thread(drop_org_table, self._isolation_tag)
+            self._isolated, self._isolation_installed = None, False
         with contextlib.suppress(OSError):
             self.machines_dir.rmdir()  # once empty: nothing of this platform's machines stays
         if self._client is not None:

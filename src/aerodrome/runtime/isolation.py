@@ -13,14 +13,16 @@ The table is named `inet aerodrome` and replaced whole on each agent start (one 
 transaction); it is left in place when the agent stops, since other platforms on the host may
 rely on it and the rule matches only the test range.
 
-Production machines may reach this host, but not another org's machines: each agent keeps a
-table of its own (`inet aerodrome_apps_<region>`) with the ports its machines listen on and
-the (uid . port) pairs allowed to open a connection to them, the uids of the apps of the
-machine's org (as on Fly, an org's apps reach each other; no one else's do, except through
-the edge). A new connection from a production uid to one of those ports on this host is
-refused unless its pair is in the set. The agent replaces the table whole whenever either set
-changes, adds a machine's port before the machine starts, and removes the table when it stops
-(its machines stop with it).
+Production machines may reach this host, but not another org's machines' ports: each agent
+keeps a table of its own (`inet aerodrome_apps_<tag>`, the tag naming its region and data
+directory, so platforms and regions on one host never share one) with the port each of its
+machines serves on (`$PORT`) and the (uid . port) pairs allowed to open a connection to it,
+the production apps of the machine's org (as on Fly, an org's apps reach each other; no one
+else's do, except through the edge). A new TCP connection from a production uid to one of
+those ports on this host is refused unless its pair is in the set. Other ports a machine may
+open, and UDP, are not covered. The agent replaces the table whole whenever either set
+changes, adds a machine's port before the machine starts (and does not start it if that
+fails), and removes the table when it stops (its machines stop with it).
 """
 
 from __future__ import annotations
@@ -52,19 +54,25 @@ table inet {TABLE} {{
 """
 
 
-def apps_table(region: str) -> str:
-    return "aerodrome_apps_" + re.sub(r"[^a-z0-9_]", "_", region.lower())
+def apps_table(tag: str) -> str:
+    return "aerodrome_apps_" + re.sub(r"[^a-z0-9_]", "_", tag.lower())
+
+
+def _nft() -> str | None:
+    return shutil.which("nft") or next(
+        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
+    )
 
 
 def org_ruleset(
-    region: str,
+    tag: str,
     production_uids: range,
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
 ) -> str:
     """The agent's table: connections from production machines to its machines' ports only
     from the same org's apps (`peers`: allowed uid . port pairs)."""
-    table = apps_table(region)
+    table = apps_table(tag)
     port_list = ", ".join(str(port) for port in sorted(set(ports)))
     peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(set(peers)))
     uids = f"{production_uids.start}-{production_uids.stop - 1}"
@@ -91,9 +99,7 @@ def _nft_apply(rules: str, what: str) -> str | None:
     """Load `rules` in one transaction; None when done, else why not (for a warning)."""
     if os.geteuid() != 0:
         return f"not root: machines run as the agent's user, with no firewall rule for {what}"
-    nft = shutil.which("nft") or next(
-        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
-    )
+    nft = _nft()
     if nft is None:
         return f"nft is not installed (apt-get install nftables): no firewall rule for {what}"
     result = subprocess.run(
@@ -109,20 +115,20 @@ def isolate_test_machines(test_uids: range) -> str | None:
     return _nft_apply(ruleset(test_uids), "test machines")
 
 
-def drop_org_table(region: str) -> None:
+def drop_org_table(tag: str) -> None:
     """Remove this agent's org table (its machines are gone: it guards nothing)."""
-    nft = shutil.which("nft")
+    nft = _nft()
     if nft is not None and os.geteuid() == 0:
         subprocess.run(
-            [nft, "delete", "table", "inet", apps_table(region)], capture_output=True, timeout=10
+            [nft, "delete", "table", "inet", apps_table(tag)], capture_output=True, timeout=10
         )
 
 
 def isolate_orgs(
-    region: str,
+    tag: str,
     production_uids: range,
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
 ) -> str | None:
     """Replace this agent's org table; None when it is in place, else why not."""
-    return _nft_apply(org_ruleset(region, production_uids, ports, peers), "other orgs")
+    return _nft_apply(org_ruleset(tag, production_uids, ports, peers), "other orgs")
