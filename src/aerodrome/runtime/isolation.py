@@ -38,20 +38,33 @@ log = logging.getLogger("aerodrome.agent")
 TABLE = "aerodrome"
 
 
+def _replacing(table: str, body: str) -> str:
+    """`nft -f` input that replaces `table` whole, in one transaction (the first line makes
+    sure there is one to delete)."""
+    return f"table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n{body}}}\n"
+
+
+def _uids(uids: range) -> str:
+    return f"{uids.start}-{uids.stop - 1}"
+
+
+def _output_chain(*rules: str) -> str:
+    lines = "".join(f"    {rule}\n" for rule in rules)
+    return (
+        "  chain output {\n    type filter hook output priority filter; policy accept;\n"
+        f"{lines}  }}\n"
+    )
+
+
 def ruleset(test_uids: range) -> str:
-    uids = f"{test_uids.start}-{test_uids.stop - 1}"
-    new_to_this_host = f"meta skuid {uids} ct state new fib daddr type local"
-    return f"""\
-table inet {TABLE}
-delete table inet {TABLE}
-table inet {TABLE} {{
-  chain output {{
-    type filter hook output priority filter; policy accept;
-    {new_to_this_host} meta l4proto tcp counter reject with tcp reset
-    {new_to_this_host} counter reject
-  }}
-}}
-"""
+    new_to_this_host = f"meta skuid {_uids(test_uids)} ct state new fib daddr type local"
+    return _replacing(
+        TABLE,
+        _output_chain(
+            f"{new_to_this_host} meta l4proto tcp counter reject with tcp reset",
+            f"{new_to_this_host} counter reject",
+        ),
+    )
 
 
 def apps_table(tag: str) -> str:
@@ -72,27 +85,22 @@ def org_ruleset(
 ) -> str:
     """The agent's table: connections from production machines to its machines' ports only
     from the same org's apps (`peers`: allowed uid . port pairs)."""
-    table = apps_table(tag)
     port_list = ", ".join(str(port) for port in sorted(set(ports)))
     peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(set(peers)))
-    uids = f"{production_uids.start}-{production_uids.stop - 1}"
-    guarded = f"meta skuid {uids} ct state new fib daddr type local tcp dport @ports"
-    return f"""\
-table inet {table}
-delete table inet {table}
-table inet {table} {{
-  set ports {{
-    type inet_service;{f" elements = {{ {port_list} }};" if port_list else ""}
-  }}
-  set peers {{
-    typeof meta skuid . tcp dport;{f" elements = {{ {peer_list} }};" if peer_list else ""}
-  }}
-  chain output {{
-    type filter hook output priority filter; policy accept;
-    {guarded} meta skuid . tcp dport != @peers counter reject with tcp reset
-  }}
-}}
-"""
+    guarded = (
+        f"meta skuid {_uids(production_uids)} ct state new fib daddr type local tcp dport @ports"
+    )
+    sets = (
+        "  set ports {\n    type inet_service;"
+        + (f" elements = {{ {port_list} }};" if port_list else "")
+        + "\n  }\n  set peers {\n    typeof meta skuid . tcp dport;"
+        + (f" elements = {{ {peer_list} }};" if peer_list else "")
+        + "\n  }\n"
+    )
+    chain = _output_chain(
+        f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset"
+    )
+    return _replacing(apps_table(tag), sets + chain)
 
 
 def _nft_apply(rules: str, what: str) -> str | None:
