@@ -24,7 +24,7 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import orgs as org_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.runtime import agent as agent_module
-from aerodrome.runtime.agent import Agent, Running
+from aerodrome.runtime.agent import Agent, Running, free_port
 from aerodrome.runtime.artifact import app_artifacts, build_artifact, store_artifact
 from aerodrome.runtime.isolation import apps_table
 from aerodrome.secrets.values import SecretValue
@@ -737,3 +737,13 @@ def test_a_release_whose_config_no_longer_parses_fails_alone(
         await agent.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_machine_ports_come_from_below_the_ephemeral_range_and_skip_taken_ones() -> None:
+    # An outgoing connection's local port comes from the ephemeral range; a listener that
+    # picked its port there could find it held by one by the time it binds.
+    start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert all(10000 <= port < start for port in ports), ports
+    taken = set(range(10000, start))
+    assert free_port(taken) not in taken  # all of them kept by stopped machines: elsewhere

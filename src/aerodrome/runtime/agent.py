@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import random
 import shutil
 import signal
 import socket
@@ -84,9 +85,31 @@ MIN_CHECK_WAIT = 10.0  # after the grace period: how long a new machine has to p
 CREDENTIAL_REFRESH = 24 * 3600.0
 
 
+def _ephemeral_start() -> int:
+    """Where the kernel's range for outgoing connections' local ports begins."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(taken: Collection[int] = ()) -> int:
-    """A port nothing listens on now, and not one of `taken` (ports of machines that are
-    stopped or waiting to restart: they keep theirs)."""
+    """A port to listen on: nothing listens on it now, it is not one of `taken` (ports of
+    machines that are stopped or waiting to restart: they keep theirs), and it is below the
+    kernel's ephemeral range, so no outgoing connection of this host can be holding it when
+    the listener binds it (a port picked with bind(0) can be). Falls back to bind(0)."""
+    low, high = 10000, _ephemeral_start()
+    rng = random.SystemRandom()
+    for _ in range(200 if high - low > 1000 else 0):
+        port = rng.randrange(low, high)
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     for _ in range(100):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
