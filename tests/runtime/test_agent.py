@@ -159,6 +159,13 @@ def upstreams(services: Services) -> list[str]:
         return sorted(u.address for u in session.execute(select(Upstream)).scalars())
 
 
+def live_credentials(services: Services) -> int:
+    """Machine credentials not revoked."""
+    with services.store.read() as session:
+        rows = session.execute(select(Token).where(Token.kind == "machine")).scalars()
+        return sum(1 for row in rows if row.revoked_at is None)
+
+
 def machines(services: Services) -> list[MachineRow]:
     with services.store.read() as session:
         rows = list(session.execute(select(MachineRow).order_by(MachineRow.created_at)).scalars())
@@ -431,11 +438,6 @@ def test_a_restart_asked_for_during_crash_backoff_leaves_one_live_credential(
     release(services, tmp_path)
     agent = Agent(services)
 
-    def live_credentials() -> int:
-        with services.store.read() as session:
-            rows = session.execute(select(Token).where(Token.kind == "machine")).scalars()
-            return sum(1 for row in rows if row.revoked_at is None)
-
     async def scenario() -> None:
         await settle(agent)
         [running] = agent.of_app(web.id)
@@ -449,11 +451,11 @@ def test_a_restart_asked_for_during_crash_backoff_leaves_one_live_credential(
         assert running.machine.process is not None
         running.machine.process.kill()
         await until(backing_off, agent, 10)
-        assert live_credentials() == 0
+        assert live_credentials(services) == 0
         with services.store.write() as tx:  # `aero machines restart` meanwhile
             machine_rules.request(tx, tx.session.merge(web), running.machine_id, "restart")
         await until(back, agent, 10)
-        assert live_credentials() == 1
+        assert live_credentials(services) == 1
 
         assert running.machine.process is not None
         crashed = running.machine.process.pid
@@ -464,9 +466,9 @@ def test_a_restart_asked_for_during_crash_backoff_leaves_one_live_credential(
             return process is not None and process.pid != crashed and await back()
 
         await until(restarted, agent, 15)
-        assert live_credentials() == 1
+        assert live_credentials(services) == 1
         await agent.shutdown()
-        assert live_credentials() == 0
+        assert live_credentials(services) == 0
 
     asyncio.run(scenario())
 
@@ -688,11 +690,6 @@ def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credent
     release(services, tmp_path, command="sleep 600 & echo $! > stray.pid; exec python3 server.py")
     gone = Agent(services)  # stands for an agent killed without cleaning up
 
-    def live_credentials() -> int:
-        with services.store.read() as session:
-            rows = session.execute(select(Token).where(Token.kind == "machine")).scalars()
-            return sum(1 for row in rows if row.revoked_at is None)
-
     def alive(pid: int) -> bool:
         try:
             return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
@@ -701,13 +698,13 @@ def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credent
 
     async def scenario() -> None:
         await settle(gone)
-        assert live_credentials() == 1 and len(machines(services)) == 1
+        assert live_credentials(services) == 1 and len(machines(services)) == 1
         [running] = gone.of_app(web.id)
         tree = gone.machines_dir / running.machine_id
         stray = int((tree / "app" / "stray.pid").read_text())
         assert alive(stray) and running.machine.process is not None
         Agent(services).forget_previous_run()
-        assert live_credentials() == 0  # what the old machine held opens nothing any more
+        assert live_credentials(services) == 0  # what the old machine held opens nothing any more
         assert machines(services) == [] and upstreams(services) == []
         await asyncio.sleep(0.2)
         assert not alive(stray) and not alive(running.machine.process.pid)  # nothing left

@@ -165,19 +165,8 @@ class SetResult:
 def _current(
     session: Session, app_id: str, name: str
 ) -> tuple[Secret | None, SecretVersion | None]:
-    secret = session.execute(
-        select(Secret).where(Secret.app_id == app_id, Secret.name == name)
-    ).scalar_one_or_none()
-    if secret is None or secret.current_version == 0:
-        return secret, None
-    version = session.execute(
-        select(SecretVersion).where(
-            SecretVersion.app_id == app_id,
-            SecretVersion.name == name,
-            SecretVersion.version == secret.current_version,
-        )
-    ).scalar_one()
-    return secret, version
+    """A secret's row and the version it is at (None for one never set, or unset to 0)."""
+    return _current_of(session, app_id, [name]).get(name, (None, None))
 
 
 def _total_size(session: Session, app_id: str, excluding: set[str]) -> int:

@@ -39,7 +39,7 @@ from sqlalchemy import select
 
 from aerodrome.config import Settings
 from aerodrome.errors import InvalidInput
-from aerodrome.ids import id_pattern, new_id
+from aerodrome.ids import MACHINE_ID, new_id
 from aerodrome.platform import http_service as upstream_rules
 from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import secrets as release_rules
@@ -54,7 +54,7 @@ from aerodrome.runtime.machine import (
     LogLine,
     Machine,
     MachineSpec,
-    kill_recorded_group,
+    kill_recorded_groups,
     machine_user,
 )
 from aerodrome.secrets.machine import unseal_for_machine
@@ -64,8 +64,6 @@ from aerodrome.store.db import Audit, Tx
 from aerodrome.store.models import App, Org, Release, Token, Upstream
 from aerodrome.store.models import Machine as MachineRow
 from aerodrome.tokens.mint import Scope
-
-MACHINE_ID = id_pattern("mch")
 
 
 @functools.lru_cache(maxsize=256)
@@ -208,13 +206,13 @@ class Agent:
                     select(MachineRow.id).where(MachineRow.region == self.region)
                 ).scalars()
             )
-        for machine_id in left:  # outside the write transaction: this reads all of /proc
-            if MACHINE_ID.fullmatch(machine_id):  # a path component the agent made
-                tree = self.machines_dir / machine_id
-                killed = kill_recorded_group(tree / "group")
-                if killed:
-                    log.warning("killed %d leftover process(es) of %s", killed, machine_id)
-                shutil.rmtree(tree, ignore_errors=True)
+        # Outside the write transaction: this reads all of /proc (once for every machine).
+        trees = [self.machines_dir / m for m in left if MACHINE_ID.fullmatch(m)]  # ids we made
+        killed = kill_recorded_groups(tree / "group" for tree in trees)
+        if killed:
+            log.warning("killed %d leftover process(es) of %d machine(s)", killed, len(trees))
+        for tree in trees:
+            shutil.rmtree(tree, ignore_errors=True)
         with self.services.store.write(self._audit) as tx:
             rows = list(
                 tx.session.execute(

@@ -24,7 +24,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +92,7 @@ class MachineSpec:
     open_files: int = DEFAULT_OPEN_FILES
     api_socket: Path | None = None
     user: int | None = None  # run as this uid (gid the same); the agent must be root
-    # Where to note the process group at each start (see `kill_recorded_group`): a file the
+    # Where to note the process group at each start (see `kill_recorded_groups`): a file the
     # machine cannot write, so the next agent run can end what this one leaves behind.
     group_file: Path | None = None
 
@@ -113,44 +113,60 @@ def _start_time(pid: int) -> int:
     return int(_stat_fields(pid)[19])
 
 
-def kill_recorded_group(group_file: Path) -> int:
-    """Kill what a machine of a previous agent run left behind: every process still in the
-    process group `group_file` names and running as its uid. The dying agent took the
-    machine's first process with it (`PR_SET_PDEATHSIG`), but not the processes that one
-    started (a server's workers, a background job), which would keep its port and its secrets
-    in memory. Only in the boot that wrote the file (after a reboot its ids mean nothing), never
-    this process's own group, and not when the group's id is a live process other than the
-    one recorded (the id was handed on). A process that left the group (`setsid`) is out of
-    reach. Returns how many were killed."""
+def _recorded_group(group_file: Path) -> tuple[int, int] | None:
+    """(pgid, uid) of a machine's recorded group if its processes may still be killed: from
+    this boot (after a reboot the ids mean nothing), not this process's own group, and not
+    when the group's id is now a live process other than the one recorded (the id was handed
+    on)."""
     try:
         record = json.loads(group_file.read_text())
         pgid, uid, boot = int(record["pgid"]), int(record["uid"]), str(record["boot"])
         started = int(record["started"])
     except (OSError, ValueError, KeyError, TypeError):
-        return 0
+        return None
     if boot != _boot_id() or pgid <= 1 or pgid in (os.getpid(), os.getpgrp()):
-        return 0
+        return None
     try:
         if _start_time(pgid) != started:
-            return 0  # another process has this id now: the group is not the machine's
+            return None
     except (OSError, ValueError, IndexError):
         pass  # the leader is gone (it died with the agent): its group may live on
+    return pgid, uid
+
+
+def kill_recorded_groups(group_files: Iterable[Path]) -> int:
+    """Kill what machines of a previous agent run left behind: every process still in a
+    process group one of `group_files` names and running as its uid (see `_recorded_group`).
+    The dying agent took each machine's first process with it (`PR_SET_PDEATHSIG`), but not
+    the processes that one started (a server's workers, a background job), which would keep
+    its port and its secrets in memory. A process that left the group (`setsid`) is out of
+    reach. One pass over /proc for all of them; returns how many were killed."""
+    groups = dict(filter(None, (_recorded_group(path) for path in group_files)))
+    if not groups:
+        return 0
     killed = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            group = int(_stat_fields(proc.name)[2])
+            uid = groups.get(int(_stat_fields(proc.name)[2]))
+            if uid is None:
+                continue
             real_uid = int(next(
                 line.split()[1] for line in (proc / "status").read_text().splitlines()
                 if line.startswith("Uid:")
             ))  # fmt: skip
-            if group == pgid and real_uid == uid:
+            if real_uid == uid:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed += 1
         except (OSError, ValueError, IndexError, StopIteration):
             continue  # gone meanwhile, or not ours to read
     return killed
+
+
+def kill_recorded_group(group_file: Path) -> int:
+    """`kill_recorded_groups` of one machine."""
+    return kill_recorded_groups([group_file])
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def unseal_for_machine(
                     f"machine {machine_id} is not on record for app {app.name}",
                     "only a machine the runtime started can unseal its release's secrets",
                 )
-            elif refusal is None and recorded is not None and recorded.release != release_number:
+            elif refusal is None and recorded.release != release_number:
                 # A machine unseals the release it runs, no other: its credential cannot
                 # reach values rotated out of older releases.
                 refusal = Decision(
