@@ -81,7 +81,7 @@ from aerodrome.runtime.agent import free_port
 from aerodrome.runtime.machine import SAFE_PATH, Machine, MachineSpec, machine_user
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
-from aerodrome.up import read_env_file
+from aerodrome.up import env_file_version, read_env_file
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
@@ -218,17 +218,17 @@ class Platform:
             "--api-port", str(free_port()), "--https-port", str(self.https_port),
             "--http-port", str(free_port()), "--metrics-port", str(free_port()),
         ]  # fmt: skip
-        started = time.time() - 1
+        env_file = self.data_dir / "aero.env"
+        previous = env_file_version(env_file)
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
                 argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        env_file = self.data_dir / "aero.env"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # aero.env is (re)written once everything answers
             if self.process.poll() is not None:
                 raise RuntimeError(f"aero up exited:\n{self.log_path.read_text()[-2000:]}")
-            if env_file.exists() and env_file.stat().st_mtime >= started:
+            if env_file_version(env_file) not in (None, previous):
                 self.env = {**env, **read_env_file(env_file)}
                 return
             time.sleep(0.2)

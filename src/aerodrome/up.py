@@ -134,6 +134,15 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def env_file_version(path: Path) -> int | None:
+    """Which copy of aero.env is on disk (its inode: `write_env_file` replaces the file), so a
+    script starting `aero up` on a used data directory can wait for this run's copy."""
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
 def write_env_file(
     path: Path, api_url: str, token: str, public_key: str, ca_bundle: Path | None = None
 ) -> None:

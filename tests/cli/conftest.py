@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from aerodrome.runtime.agent import free_port
+from aerodrome.up import env_file_version
 from aerodrome.up import read_env_file as read_env
 
 AERO = [sys.executable, "-m", "aerodrome.cli.main"]
@@ -82,6 +83,8 @@ def start_platform(
         flags = []
     if not example:
         flags.append("--no-example")
+    env_file = data_dir / "aero.env"
+    previous = env_file_version(env_file)  # a second run finds the first run's copy
     process = subprocess.Popen(
         [*AERO, "up", "--data-dir", str(data_dir), "--api-port", str(port), *flags, *(extra or [])],
         env=env,
@@ -89,15 +92,13 @@ def start_platform(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    started = time.time() - 1
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(
                 f"aero up exited: {process.stdout.read() if process.stdout else ''}"
             )
-        env_file = data_dir / "aero.env"
-        if env_file.exists() and env_file.stat().st_mtime >= started:  # once everything answers
+        if env_file_version(env_file) not in (None, previous):  # once everything answers
             return process
         time.sleep(0.2)
     process.kill()
