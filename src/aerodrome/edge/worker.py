@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _JSON_BOOL = {True: b"true", False: b"false"}
 _PLAIN_PATH = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII, no " or \
+ACCESS_LOG_BUFFER = 64 * 1024
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # What a worker needs from the store each revision: (table, certificates, tls-alpn challenges).
@@ -70,24 +71,49 @@ class Metrics:
 
 
 class AccessLog:
-    """JSON lines, appended in batches; paths without query strings, never a credential."""
+    """JSON lines, appended in batches; paths without query strings, never a credential.
+
+    Lines go into one buffer, written out whenever it holds `ACCESS_LOG_BUFFER` bytes and once
+    a second (nginx's `buffer=64k flush=1s`). Holding a whole second's lines instead (megabytes
+    at tens of thousands of requests per second, written at once) stalled the worker for
+    milliseconds and pushed the request path's memory out of the CPU's caches. The file is
+    reopened after each timed flush, so a rotated log is followed within a second."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.lines: list[bytes] = []
+        self.buffer = bytearray()
+        self._fd = -1
+        self._failing = False
 
     def add(self, line: bytes) -> None:
         if self.path is not None:
-            self.lines.append(line)
+            self.buffer += line
+            if len(self.buffer) >= ACCESS_LOG_BUFFER:
+                self._write()
 
     def flush(self) -> None:
-        if self.lines and self.path is not None:
-            data, self.lines = b"".join(self.lines), []
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+        """Write what is buffered and let go of the file (the next write opens it again)."""
+        self._write()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _write(self) -> None:
+        if not self.buffer or self.path is None:
+            return
+        buffer, done = self.buffer, 0
+        try:
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            while done < len(buffer):  # a regular file takes it all at once; a full disk may not
+                done += os.write(self._fd, buffer[done:] if done else buffer)
+            self._failing = False
+        except OSError as exc:  # a full disk must not take the requests down with it
+            if not self._failing:  # said once, until a write succeeds again
+                print(f"edge: access log lines dropped: {exc.strerror}", flush=True)
+            self._failing = True
+        finally:
+            del buffer[:]
 
 
 def log_path(url: bytes) -> bytes:
