@@ -700,7 +700,7 @@ http {{
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_ciphers {TLS12_CIPHERS};
     ssl_prefer_server_ciphers on;
-    ssl_ecdh_curve prime256v1;
+    ssl_ecdh_curve X25519:prime256v1:secp384r1;
     ssl_session_cache shared:SSL:20m;
     ssl_session_timeout 10m;
     ssl_session_tickets on;
@@ -1545,13 +1545,13 @@ def method_text(bench: Bench, machine: Machine, tools: dict[str, str]) -> str:
         f"{tools['websockets']}, httptools {tools['httptools']}, cryptography "
         f"{tools['cryptography']}. The edge's request path ran {tools['edge build']}. "
         f"Both proxies: {bench.args.workers} worker processes (SO_REUSEPORT listeners), ECDSA "
-        f"P-256 certificates from one throwaway CA, TLS 1.2/1.3 with the edge's TLS 1.2 "
-        f"suites, P-256 key exchange, session tickets on (nginx also `ssl_session_cache "
+        f"P-256 certificates from one throwaway CA, TLS 1.2/1.3 with the edge's TLS 1.2 suites, "
+        f"X25519/P-256/P-384 key exchange, session tickets on (nginx also `ssl_session_cache "
         f"shared:SSL:20m`), HTTP/1.1 keep-alive to the upstream, X-Forwarded-*/Aero-* request "
         f"headers, HSTS, CORS for `{CLIENT_ORIGIN}`, WebSocket Origin check, JSON access log "
-        f"buffered and flushed each second. nginx's `proxy_buffer_size` is {ws_buffer}. Not "
-        f"mirrored in nginx: the edge's 421 when Host differs from the TLS connection's name, "
-        f"and its preflight answers (no request here is a preflight). "
+        f"buffered (64 KiB) and flushed each second. nginx's `proxy_buffer_size` is {ws_buffer}. "
+        f"Not mirrored in nginx: the edge's 421 when Host differs from the TLS connection's "
+        f"name, and its preflight answers (no request here is a preflight). "
         f"(1) `wrk -t1 -c50 --latency` with Host and Origin headers, {p.wrk_rounds} x "
         f"{p.wrk_seconds} s per proxy after a {p.wrk_warmup} s warm-up. "
         f"(2) `openssl s_time -new` / `-reuse`, {p.stime_rounds} x {p.stime_seconds} s per mode "

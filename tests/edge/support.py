@@ -4,11 +4,15 @@ a background thread, on loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
+import os
 import ssl
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,3 +262,42 @@ def start_edge(tmp: Path, **config: Any) -> tuple[EdgeHarness, Callable[[], None
         thread.join(10)
 
     return harness, stop
+
+
+@dataclass
+class StaticEdge:
+    https_port: int
+    http_port: int
+    client_context: ssl.SSLContext
+
+
+@contextlib.contextmanager
+def static_edge(
+    tmp: Path, upstream: int, workers: int = 1, env: dict[str, str] | None = None
+) -> Iterator[StaticEdge]:
+    """`python -m aerodrome.edge --static` in a subprocess: web.test routed to `upstream`,
+    its certificate from a fresh test CA."""
+    from tests.cli.upstreams import wait_for_port  # it imports this module
+
+    ca = TestCA()
+    chain, key = ca.issue("web.test")
+    (tmp / "chain.pem").write_bytes(chain)
+    (tmp / "key.pem").write_bytes(key)
+    routes = {
+        "routes": {"web.test": {"upstreams": [f"127.0.0.1:{upstream}"]}},
+        "certificates": {"web.test": {"chain": "chain.pem", "key": "key.pem"}},
+    }
+    (tmp / "routes.json").write_text(json.dumps(routes))
+    https, http, metrics = free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "aerodrome.edge", "--static", str(tmp / "routes.json")]
+    argv += ["--host", "127.0.0.1", "--https-port", str(https), "--http-port", str(http)]
+    argv += ["--metrics-port", str(metrics), "--run-dir", str(tmp / "run")]
+    argv += ["--workers", str(workers)]
+    edge = subprocess.Popen(argv, env={**os.environ, **(env or {})}, cwd=tmp)
+    try:
+        wait_for_port(https)
+        wait_for_port(http)
+        yield StaticEdge(https, http, ca.client_context(tmp))
+    finally:
+        edge.terminate()
+        edge.wait(10)

@@ -101,28 +101,13 @@ def test_the_edge_serves_alike_compiled_and_as_python(
 ) -> None:
     if compiled and compiled_dir() is None:
         pytest.skip(NO_BUILD)
-    ca = support.TestCA()
-    chain, key = ca.issue("web.test")
-    (tmp_path / "chain.pem").write_bytes(chain)
-    (tmp_path / "key.pem").write_bytes(key)
-    routes = {
-        "routes": {"web.test": {"upstreams": [f"127.0.0.1:{upstream}"]}},
-        "certificates": {"web.test": {"chain": "chain.pem", "key": "key.pem"}},
-    }
-    (tmp_path / "routes.json").write_text(json.dumps(routes))
-    https, http, metrics = free_port(), free_port(), free_port()
-    argv = [sys.executable, "-m", "aerodrome.edge", "--static", str(tmp_path / "routes.json")]
-    argv += ["--host", "127.0.0.1", "--https-port", str(https), "--http-port", str(http)]
-    argv += ["--metrics-port", str(metrics), "--run-dir", str(tmp_path / "run"), "--workers", "1"]
-    env = {**os.environ, "AERO_EDGE_NATIVE": "1" if compiled else "0"}
-    where = module_files(env)[0]
+    env = {"AERO_EDGE_NATIVE": "1" if compiled else "0"}
+    where = module_files({**os.environ, **env})[0]
     assert where.endswith(".so") == compiled
-    edge = subprocess.Popen(argv, env=env, cwd=tmp_path)
-    try:
-        upstreams.wait_for_port(https)
-        upstreams.wait_for_port(http)
+    with support.static_edge(tmp_path, upstream, env=env) as edge:
+        https, http = edge.https_port, edge.http_port
         request = b"GET /hello?x=1 HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n"
-        answer = exchange(https, request, ca.client_context(tmp_path))
+        answer = exchange(https, request, edge.client_context)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 ")
         assert b"strict-transport-security: max-age=31536000" in head.lower()
@@ -132,6 +117,3 @@ def test_the_edge_serves_alike_compiled_and_as_python(
         redirect = exchange(http, request, None)
         assert redirect.startswith(b"HTTP/1.1 301 ")
         assert b"location: https://web.test:%d/hello?x=1" % https in redirect.lower()
-    finally:
-        edge.terminate()
-        edge.wait(10)

@@ -7,6 +7,7 @@ import http.client
 import json
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -343,6 +344,36 @@ def test_tls_without_sni_or_for_an_unknown_name_gets_no_handshake(edge: EdgeHarn
             tls_socket(edge, name)
     status, _, _ = https(edge, "web")  # and the edge is still fine
     assert status == 200
+
+
+def _openssl_client(edge: EdgeHarness, *flags: str) -> str:
+    """What `openssl s_client` saw of a handshake with the edge (its messages and key)."""
+    address = f"127.0.0.1:{edge.config.https_port}"
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", address, "-servername", host(edge, "web"), *flags],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_a_browser_leading_with_x25519_gets_no_extra_round_trip(
+    edge: EdgeHarness, version: str
+) -> None:
+    # Browsers send an X25519 key share first (P-256 second, if at all). A server that takes
+    # P-256 alone asks again (HelloRetryRequest: a second ServerHello), a round trip more on
+    # every new connection.
+    seen = _openssl_client(edge, "-groups", "X25519:P-256", "-msg", version)
+    assert seen.count("], ServerHello\n") == 1, seen
+    assert "Server Temp Key: X25519" in seen
+    seen = _openssl_client(edge, "-groups", "P-256", version)  # a P-256-only client still fits
+    assert "Server Temp Key: ECDH, prime256v1" in seen
+    # Finite-field groups cost the server far more per handshake: not offered.
+    seen = _openssl_client(edge, "-groups", "ffdhe2048", "-tls1_3")
+    assert "Server Temp Key" not in seen and "Cipher is (NONE)" in seen
 
 
 def test_the_event_loop_reads_and_writes_tls_records_without_python_wrappers() -> None:

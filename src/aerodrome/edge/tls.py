@@ -1,9 +1,9 @@
 """TLS for the edge: one hardened context per hostname, chosen by SNI.
 
-TLS 1.2 and 1.3 only, forward-secret AEAD suites only, ECDSA certificates, ALPN
-`http/1.1`. A hostname without a certificate gets no handshake at all (no on-demand
-issuance), and neither does a client that sends no SNI. Keys are loaded from memory
-(`memfd`), never written to disk in plaintext.
+TLS 1.2 and 1.3 only, forward-secret AEAD suites only, X25519/P-256/P-384 key exchange,
+ECDSA certificates, ALPN `http/1.1`. A hostname without a certificate gets no handshake at
+all (no on-demand issuance), and neither does a client that sends no SNI. Keys are loaded
+from memory (`memfd`), never written to disk in plaintext.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aerodrome.certs.sslctx import ACME_TLS_ALPN_PROTOCOL, load_cert_chain, server_context
-from aerodrome.edge import tickets
+from aerodrome.edge import openssl, tickets
 
 log = logging.getLogger("aerodrome.edge")
 
@@ -29,6 +29,11 @@ TLS12_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
+
+# Key exchange, most preferred first (Mozilla's "intermediate" list). Browsers send an X25519
+# key share with their first message: a server that accepts only P-256 answers it with a
+# HelloRetryRequest, one more round trip on every new connection.
+KEY_EXCHANGE_GROUPS = "X25519:P-256:P-384"
 
 
 class DirectSSLObject(ssl.SSLObject):
@@ -63,7 +68,8 @@ def hardened_context() -> ssl.SSLContext:
         | ssl.OP_NO_RENEGOTIATION
         | ssl.OP_SINGLE_ECDH_USE
     )
-    ctx.set_ecdh_curve("prime256v1")
+    if not openssl.set_groups(ctx, KEY_EXCHANGE_GROUPS):
+        ctx.set_ecdh_curve("prime256v1")  # one group: clients that lead with X25519 pay an RTT
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
