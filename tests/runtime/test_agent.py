@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import time
@@ -685,9 +686,15 @@ def test_a_restart_that_never_gets_healthy_marks_the_machine_failed_once(
 def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credentials(
     services: Services, web: App, tmp_path: Path
 ) -> None:
-    # The machine's first process starts one of its own (as a server starts workers) and
-    # notes its pid in the machine's home; the dying agent would not take that one along.
-    release(services, tmp_path, command="sleep 600 & echo $! > stray.pid; exec python3 server.py")
+    # The machine's first process starts one of its own (as a server starts workers) and one
+    # that leaves its process group (as a daemon does), and notes their pids in the machine's
+    # home; the dying agent would take neither along.
+    release(
+        services,
+        tmp_path,
+        command="sleep 600 & echo $! > stray.pid; "
+        "setsid sh -c 'echo $$ > escaped.pid; exec sleep 600' & exec python3 server.py",
+    )
     gone = Agent(services)  # stands for an agent killed without cleaning up
 
     def alive(pid: int) -> bool:
@@ -702,12 +709,15 @@ def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credent
         [running] = gone.of_app(web.id)
         tree = gone.machines_dir / running.machine_id
         stray = int((tree / "app" / "stray.pid").read_text())
-        assert alive(stray) and running.machine.process is not None
+        escaped = int((tree / "app" / "escaped.pid").read_text())
+        assert alive(stray) and alive(escaped) and running.machine.process is not None
+        assert os.getsid(escaped) == escaped  # out of the machine's process group
         Agent(services).forget_previous_run()
         assert live_credentials(services) == 0  # what the old machine held opens nothing any more
         assert machines(services) == [] and upstreams(services) == []
         await asyncio.sleep(0.2)
         assert not alive(stray) and not alive(running.machine.process.pid)  # nothing left
+        assert not alive(escaped)  # not even outside its group: its cgroup held it
         assert not tree.exists()
         await gone.shutdown()
 

@@ -10,12 +10,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aerodrome.platform.apps import MACHINE_UIDS
+from aerodrome.runtime import cgroups
+from aerodrome.runtime.cgroups import MachineCgroups
 from aerodrome.runtime.machine import (
     LogLine,
     Machine,
@@ -157,6 +161,113 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
         not Path(f"/proc/{child}").exists()
         or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
     )
+
+
+def test_a_machine_whose_main_process_exits_ends_though_a_child_holds_its_output(
+    tmp_path: Path,
+) -> None:
+    # A server that starts a worker and then crashes: the worker still holds stdout. The
+    # machine has ended (and must restart); the worker goes with it.
+    command = "sleep 600 & echo $! > worker.pid; echo crashing; exit 7"
+    lines: list[LogLine] = []
+    machine = Machine(spec(tmp_path, command), Redactor([]), lines.append)
+
+    async def go() -> int:
+        await machine.start({})
+        try:
+            return await asyncio.wait_for(machine.wait(), 10)
+        finally:
+            await machine.stop(grace=0)
+
+    assert asyncio.run(go()) == 7
+    assert [line.message for line in lines] == ["crashing"]  # its output up to the end
+    worker = int((tmp_path / "machine" / "worker.pid").read_text())
+    for _ in range(50):
+        if not _alive(worker):
+            break
+        time.sleep(0.02)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def machine_cgroups() -> Iterator[MachineCgroups]:
+    found, problem = MachineCgroups.open(f"test_{os.getpid()}_{time.monotonic_ns()}")
+    if found is None:
+        pytest.skip(f"cgroups cannot be managed here: {problem}")
+    yield found
+    for leftover in found.leftovers():
+        cgroups.remove(leftover)
+    found.remove_base()
+    assert not found.base.exists()
+
+
+# A process that leaves the machine's process group and session (as a daemonizing server does),
+# and the machine's main process after it.
+ESCAPE = "setsid sh -c 'echo $$ > escaped.pid; exec sleep 600' & "
+
+
+def _escaped(tmp_path: Path) -> int:
+    pidfile = tmp_path / "machine" / "escaped.pid"
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            return int(pidfile.read_text())
+        time.sleep(0.05)
+    raise AssertionError("the machine did not start its escaping process")
+
+
+@pytest.mark.parametrize("ending", ["stopped", "main process exits"])
+def test_nothing_of_a_machine_outlives_it_even_outside_its_process_group(
+    tmp_path: Path, machine_cgroups: MachineCgroups, ending: str
+) -> None:
+    command = ESCAPE + ("exec sleep 600" if ending == "stopped" else "sleep 0.5; exit 3")
+    cgroup = machine_cgroups.path("mch_" + "e" * 24)
+    machine = Machine(spec(tmp_path, command, cgroup=cgroup), Redactor([]), lambda line: None)
+
+    async def go() -> tuple[int, int | None]:
+        await machine.start({})
+        try:
+            escaped = await asyncio.to_thread(_escaped, tmp_path)
+            assert machine.process is not None and os.getsid(escaped) != machine.process.pid
+            assert _alive(escaped) and escaped in cgroups.members(cgroup)
+            code = await machine.stop(grace=2) if ending == "stopped" else await machine.wait()
+            return escaped, code
+        finally:
+            await machine.stop(grace=0)
+
+    escaped, code = asyncio.run(go())
+    assert code == (-signal.SIGTERM if ending == "stopped" else 3)
+    for _ in range(50):  # SIGKILLed: gone once init has reaped it
+        if not _alive(escaped):
+            break
+        time.sleep(0.02)
+    assert not _alive(escaped), "a process that left the group outlived its machine"
+    assert not cgroup.exists()  # removed with the machine
+
+
+def test_the_next_agent_ends_what_a_crashed_one_left_in_its_cgroups(
+    tmp_path: Path, machine_cgroups: MachineCgroups
+) -> None:
+    cgroup = machine_cgroups.path("mch_" + "f" * 24)
+    cgroups.prepare(cgroup)
+    victim = subprocess.Popen(
+        ["sleep", "600"], start_new_session=True, preexec_fn=lambda: cgroups.join(cgroup)
+    )
+    try:
+        assert cgroups.members(cgroup) == [victim.pid]
+        assert machine_cgroups.leftovers() == [cgroup]
+        assert cgroups.remove(cgroup) == 1
+        assert victim.wait(timeout=5) == -signal.SIGKILL
+        assert not cgroup.exists() and machine_cgroups.leftovers() == []
+    finally:
+        victim.kill()
+        victim.wait()
 
 
 # -- machines as an unprivileged uid (the tests run as root) -------------------------------------

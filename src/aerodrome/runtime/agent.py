@@ -45,6 +45,7 @@ from aerodrome.platform import machines as machine_rules
 from aerodrome.platform import secrets as release_rules
 from aerodrome.platform import tokens as token_records
 from aerodrome.platform.apps import MACHINE_UIDS
+from aerodrome.runtime import cgroups
 from aerodrome.runtime.artifact import app_artifacts, stored_artifact, unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
 from aerodrome.runtime.isolation import drop_org_table, isolate_orgs, isolate_test_machines
@@ -175,6 +176,8 @@ class Agent:
         tag = hashlib.sha256(str(self.settings.data_dir).encode()).hexdigest()[:8]
         self._isolation_tag = f"{self.region}_{tag}"
         self._isolating = asyncio.Lock()
+        # Each machine's processes in a cgroup of its own, when this agent may make them.
+        self._cgroups, self._cgroups_problem = cgroups.MachineCgroups.open(self._isolation_tag)
         self._audit = Audit(actor="agent")
         self._client: httpx.AsyncClient | None = None  # made in the loop that uses it
 
@@ -184,6 +187,12 @@ class Agent:
         problem = await asyncio.to_thread(isolate_test_machines, MACHINE_UIDS["test"])
         if problem:
             log.warning("test-environment isolation: %s", problem)
+        if self._cgroups_problem:
+            log.warning(
+                "machines run without cgroups (%s): a process that leaves its machine's "
+                "process group outlives the machine",
+                self._cgroups_problem,
+            )
         await asyncio.to_thread(self.forget_previous_run)
         while not stop.is_set():
             try:
@@ -207,8 +216,11 @@ class Agent:
                 ).scalars()
             )
         # Outside the write transaction: this reads all of /proc (once for every machine).
+        # Every cgroup under this agent's is a leftover (it makes them, and removes them when
+        # its machines end); the recorded process groups cover machines started without one.
+        killed = sum(cgroups.remove(c) for c in self._cgroups.leftovers()) if self._cgroups else 0
         trees = [self.machines_dir / m for m in left if MACHINE_ID.fullmatch(m)]  # ids we made
-        killed = kill_recorded_groups(tree / "group" for tree in trees)
+        killed += kill_recorded_groups(tree / "group" for tree in trees)
         if killed:
             log.warning("killed %d leftover process(es) of %d machine(s)", killed, len(trees))
         for tree in trees:
@@ -471,6 +483,7 @@ class Agent:
                 region=self.region, command=config.command, workdir=workdir / "app", port=port,
                 env=config.env, api_socket=workdir / "api" / "api.sock",
                 user=machine_user(app.machine_uid), group_file=workdir / "group",
+                cgroup=self._cgroups.path(machine_id) if self._cgroups else None,
             )  # fmt: skip
             machine = Machine(spec, Redactor([]), lambda line: None)  # both set by _start
             running = Running(app.id, app.name, release.number, config, machine, port)
@@ -875,6 +888,8 @@ class Agent:
             self._isolated, self._isolation_installed = None, False
         with contextlib.suppress(OSError):
             self.machines_dir.rmdir()  # once empty: nothing of this platform's machines stays
+        if self._cgroups is not None:
+            self._cgroups.remove_base()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

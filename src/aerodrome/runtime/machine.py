@@ -3,8 +3,9 @@
 The child gets a clean environment (nothing inherited from the agent): a fixed PATH, `PORT`,
 `AERO_*` identity variables, the app's `[env]`, and its secrets unsealed at spawn time straight
 into the environment (never argv, never disk). It runs in its own session and process group,
-with resource limits and `no_new_privs`. Its stdout and stderr are read line by line and
-passed through the secrets redactor before anything stores or shows them.
+and its own cgroup when the agent manages them (runtime/cgroups.py), with resource limits and
+`no_new_privs`. Its stdout and stderr are read line by line and passed through the secrets
+redactor before anything stores or shows them.
 
 When the agent runs as root, a machine runs as its app's own unprivileged uid
 (`MachineSpec.user`, see `platform.apps.MACHINE_UIDS`): its workdir is handed over to that uid
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aerodrome.runtime import cgroups
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
 
@@ -39,6 +41,7 @@ PR_SET_PDEATHSIG = 1
 MAX_LINE = 16 * 1024  # a longer line is split; each piece is redacted
 DEFAULT_MEMORY = 512 * 1024 * 1024
 DEFAULT_OPEN_FILES = 1024
+PIPE_DRAIN_SECONDS = 5.0  # after the machine ends, for the output still in its pipes
 
 
 def machine_user(app_uid: int) -> int | None:
@@ -95,6 +98,9 @@ class MachineSpec:
     # Where to note the process group at each start (see `kill_recorded_groups`): a file the
     # machine cannot write, so the next agent run can end what this one leaves behind.
     group_file: Path | None = None
+    # The machine's own cgroup (see runtime/cgroups.py), when the agent can manage cgroups:
+    # all of its processes, including those that leave its process group.
+    cgroup: Path | None = None
 
 
 def _boot_id() -> str:
@@ -199,12 +205,17 @@ def machine_environment(spec: MachineSpec, secrets: Mapping[str, SecretValue]) -
     return env
 
 
-def _confine(memory_bytes: int, open_files: int, uid: int | None = None) -> Callable[[], None]:
-    """Runs in the child between fork and exec: limits, the machine's uid (groups, then gid,
-    then uid: nothing of root's is left), and no privilege gain through exec. Done here rather
-    than with `subprocess`'s user/group arguments, which uvloop's event loop does not take."""
+def _confine(
+    memory_bytes: int, open_files: int, uid: int | None = None, cgroup: Path | None = None
+) -> Callable[[], None]:
+    """Runs in the child between fork and exec: its cgroup (while still root), limits, the
+    machine's uid (groups, then gid, then uid: nothing of root's is left), and no privilege
+    gain through exec. Done here rather than with `subprocess`'s user/group arguments, which
+    uvloop's event loop does not take. A failure here fails the start."""
 
     def apply() -> None:
+        if cgroup is not None:
+            cgroups.join(cgroup)
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps full of secrets
@@ -224,6 +235,20 @@ def _confine(memory_bytes: int, open_files: int, uid: int | None = None) -> Call
     return apply
 
 
+class _MachineProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """`create_subprocess_exec`'s protocol, and an event set when the process exits.
+    `Process.wait()` also waits for the output pipes to close, which a process the machine
+    started (and that outlives it) can put off for ever."""
+
+    def __init__(self, exited: asyncio.Event, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self._exited_event = exited
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self._exited_event.set()
+
+
 class Machine:
     """Start, watch and stop one machine's process; stream its redacted output to `sink`."""
 
@@ -232,6 +257,8 @@ class Machine:
         self.redactor = redactor
         self.sink = sink
         self.process: asyncio.subprocess.Process | None = None
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._exited = asyncio.Event()  # the main process ended (its pipes may live on)
         # Whether the group of the process that ended was killed: once only, since its pid
         # (the group id) is free for reuse from then on.
         self._group_killed = False
@@ -251,8 +278,13 @@ class Machine:
                 raise PermissionError(f"running a machine as uid {uid} needs the agent to be root")
             check_searchable(self.spec.workdir, uid)
             await asyncio.to_thread(hand_over, self.spec.workdir, uid)
+        if self.spec.cgroup is not None:
+            await asyncio.to_thread(cgroups.prepare, self.spec.cgroup)
         self._group_killed = False
-        self.process = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _MachineProtocol(self._exited, MAX_LINE, loop),
             "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
             cwd=self.spec.workdir,
             env=machine_environment(self.spec, secrets),
@@ -260,9 +292,12 @@ class Machine:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_confine(self.spec.memory_bytes, self.spec.open_files, self.spec.user),
-            limit=MAX_LINE,
+            preexec_fn=_confine(
+                self.spec.memory_bytes, self.spec.open_files, self.spec.user, self.spec.cgroup
+            ),
         )  # fmt: skip
+        self._transport = transport
+        self.process = asyncio.subprocess.Process(transport, protocol, loop)
         self.started_at = time.monotonic()
         if self.spec.group_file is not None:
             uid = self.spec.user if self.spec.user is not None else os.geteuid()
@@ -315,19 +350,33 @@ class Machine:
         return self.process is not None and self.process.returncode is None
 
     async def wait(self) -> int:
-        assert self.process is not None
-        code = await self.process.wait()
+        """The main process's exit status, once it and everything it left behind are gone."""
+        assert self.process is not None and self._transport is not None
+        # Its exit, not its pipes' end: a process it started may hold those open for ever.
+        await self._exited.wait()
+        code = self.process.returncode
+        assert code is not None
         # The machine is its main process: once that is gone, so is anything it left behind
-        # (which would otherwise keep the output pipes, and a port, open).
+        # (which would otherwise keep the output pipes, and a port, open), in its process
+        # group or, with a cgroup, anywhere.
         if not self._group_killed:
             self._group_killed = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+            if self.spec.cgroup is not None:
+                await asyncio.to_thread(cgroups.remove, self.spec.cgroup)
+        try:  # the last output lines, until the pipes close
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), PIPE_DRAIN_SECONDS)
+        except TimeoutError:
+            # Held open by a process outside the group (no cgroup to find it): stop reading.
+            log.warning("%s: output pipes still open after exit, closed", self.spec.machine_id)
+            self._transport.close()
         await asyncio.gather(*self._readers, return_exceptions=True)
         return code
 
     async def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
-        """`sig` to the whole process group, then SIGKILL after `grace` seconds."""
+        """`sig` to the whole process group and every process of the machine's cgroup, then
+        SIGKILL after `grace` seconds."""
         if self.process is None:
             return None
         if self.process.returncode is not None:
@@ -335,6 +384,10 @@ class Machine:
         pgid = self.process.pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
+        for pid in cgroups.members(self.spec.cgroup) if self.spec.cgroup is not None else ():
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(pid) != pgid:  # those that left the group: once each
+                    os.kill(pid, sig)
         try:
             return await asyncio.wait_for(self.wait(), grace)
         except TimeoutError:
