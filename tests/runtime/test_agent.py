@@ -50,6 +50,13 @@ if os.environ.get("SHOW_SELF"):  # who am I, from the machine-local API, and as 
     body = s.makefile("rb").read().split(b"\\r\\n\\r\\n", 1)[1]
     print("self", json.dumps(json.loads(body)), "uid", os.getuid(),
           "env", sorted(os.environ), flush=True)
+side = os.environ.get("SIDE_PORT")
+if side:  # a second listener, besides $PORT (an admin or metrics port)
+    import threading
+    listener = socket.create_server(("127.0.0.1", int(side)))
+    threading.Thread(
+        target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True
+    ).start()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz" and sick and pathlib.Path(sick).exists():
@@ -565,21 +572,28 @@ def test_a_machine_reaches_its_orgs_machines_but_not_another_orgs(
 ) -> None:
     make_app(services, "sibling")  # acme, like web
     make_app(services, "foreign", org_slug="globex")
+    side: dict[str, int] = {}  # another listener of each app's machine
     for name in ("web", "sibling", "foreign"):
-        release(services, tmp_path, app_name=name)
+        side[name] = free_port(side.values())
+    for name in ("web", "sibling", "foreign"):
+        release(services, tmp_path, app_name=name, env={"SIDE_PORT": str(side[name])})
     agent = Agent(services)
 
     async def scenario() -> dict[str, str]:
         await settle(agent)
         [mine] = agent.of_app(web.id)
         others = {r.app_name: r for r in agent.machines.values() if r.app_id != web.id}
-        seen = {
-            name: await get(mine.address, f"/probe/{running.port}")
-            for name, running in others.items()
-        }
+        seen = {}
+        for name, running in others.items():
+            seen[name] = await get(mine.address, f"/probe/{running.port}")
+            seen[f"{name}, other port"] = await get(mine.address, f"/probe/{side[name]}")
         seen["from foreign"] = await get(others["foreign"].address, f"/probe/{mine.port}")
-        for running in others.values():  # anyone else (the edge, this test) still connects
+        seen["from foreign, other port"] = await get(
+            others["foreign"].address, f"/probe/{side['web']}"
+        )
+        for name, running in others.items():  # anyone else (the edge, this test) connects
             socket.create_connection(("127.0.0.1", running.port), timeout=3).close()
+            socket.create_connection(("127.0.0.1", side[name]), timeout=3).close()
         table = apps_table(agent._isolation_tag)
         assert (
             subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
@@ -593,8 +607,11 @@ def test_a_machine_reaches_its_orgs_machines_but_not_another_orgs(
     seen = asyncio.run(scenario())
     assert seen == {
         "sibling": "open",  # an org's apps reach each other, as on Fly
+        "sibling, other port": "open",
         "foreign": "ConnectionRefusedError",  # another org's only through the edge
+        "foreign, other port": "ConnectionRefusedError",  # on any port it listens on
         "from foreign": "ConnectionRefusedError",
+        "from foreign, other port": "ConnectionRefusedError",
     }
 
 

@@ -202,9 +202,7 @@ def machine_cgroups() -> Iterator[MachineCgroups]:
     if found is None:
         pytest.skip(f"cgroups cannot be managed here: {problem}")
     yield found
-    for leftover in found.leftovers():
-        cgroups.remove(leftover)
-    found.remove_base()
+    found.remove_all()
     assert not found.base.exists()
 
 
@@ -227,7 +225,7 @@ def test_nothing_of_a_machine_outlives_it_even_outside_its_process_group(
     tmp_path: Path, machine_cgroups: MachineCgroups, ending: str
 ) -> None:
     command = ESCAPE + ("exec sleep 600" if ending == "stopped" else "sleep 0.5; exit 3")
-    cgroup = machine_cgroups.path("mch_" + "e" * 24)
+    cgroup = machine_cgroups.path("org_" + "a" * 24, "mch_" + "e" * 24)
     machine = Machine(spec(tmp_path, command, cgroup=cgroup), Redactor([]), lambda line: None)
 
     async def go() -> tuple[int, int | None]:
@@ -254,7 +252,7 @@ def test_nothing_of_a_machine_outlives_it_even_outside_its_process_group(
 def test_the_next_agent_ends_what_a_crashed_one_left_in_its_cgroups(
     tmp_path: Path, machine_cgroups: MachineCgroups
 ) -> None:
-    cgroup = machine_cgroups.path("mch_" + "f" * 24)
+    cgroup = machine_cgroups.path("org_" + "a" * 24, "mch_" + "f" * 24)
     cgroups.prepare(cgroup)
     victim = subprocess.Popen(
         ["sleep", "600"], start_new_session=True, preexec_fn=lambda: cgroups.join(cgroup)

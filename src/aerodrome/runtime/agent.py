@@ -146,6 +146,7 @@ class Running:
     restart_at: float = 0.0
     stopped: bool = False  # stopped on purpose (request, retirement): not a crash
     failed: str = ""
+    org_id: str = ""  # the app's org: its machines' cgroups and firewall rules are per org
 
     @property
     def machine_id(self) -> str:
@@ -170,7 +171,9 @@ class Agent:
         # apps' uids per org and each app's org, from the store (replaced together); the sets
         # last installed, whether a table was ever installed, and why not, if not.
         self._orgs: tuple[dict[str, list[int]], dict[str, str]] = ({}, {})
-        self._isolated: tuple[frozenset[int], frozenset[tuple[int, int]]] | None = None
+        self._isolated: (
+            tuple[frozenset[int], frozenset[tuple[int, int]], tuple[str, ...]] | None
+        ) = None
         self._isolation_installed = False
         self._isolation_problem = ""
         tag = hashlib.sha256(str(self.settings.data_dir).encode()).hexdigest()[:8]
@@ -218,7 +221,7 @@ class Agent:
         # Outside the write transaction: this reads all of /proc (once for every machine).
         # Every cgroup under this agent's is a leftover (it makes them, and removes them when
         # its machines end); the recorded process groups cover machines started without one.
-        killed = sum(cgroups.remove(c) for c in self._cgroups.leftovers()) if self._cgroups else 0
+        killed = self._cgroups.remove_all() if self._cgroups else 0
         trees = [self.machines_dir / m for m in left if MACHINE_ID.fullmatch(m)]  # ids we made
         killed += kill_recorded_groups(tree / "group" for tree in trees)
         if killed:
@@ -247,8 +250,9 @@ class Agent:
 
     async def _isolate(self) -> None:
         """Bring this agent's org table up to date (runtime/isolation.py): each machine's port
-        may be reached by the production apps of the machine's org, and by no other machine.
-        One update at a time, each from the state when it runs, so the last one wins."""
+        may be reached by the production apps of the machine's org, and by no other machine;
+        with cgroups, any port of a machine by no other org's machine here. One update at a
+        time, each from the state when it runs, so the last one wins."""
         async with self._isolating:
             org_uids, app_org = self._orgs
             ports = frozenset(r.port for r in self.machines.values())
@@ -257,16 +261,30 @@ class Agent:
                 for r in self.machines.values()
                 for uid in org_uids.get(app_org.get(r.app_id, ""), [])
             )
-            if (ports, peers) == self._isolated:
+            orgs = tuple(sorted({r.org_id for r in self.machines.values()}))
+            if (ports, peers, orgs) == self._isolated:
                 return
+            org_cgroups = await asyncio.to_thread(self._org_cgroups, orgs)
             problem = await asyncio.to_thread(
-                isolate_orgs, self._isolation_tag, MACHINE_UIDS["production"], ports, peers
+                isolate_orgs,
+                self._isolation_tag,
+                MACHINE_UIDS["production"],
+                ports,
+                peers,
+                org_cgroups,
             )
             if problem and problem != self._isolation_problem:
                 log.warning("org isolation: %s", problem)
             self._isolation_problem = problem or ""
-            self._isolated = (ports, peers) if problem is None else None
+            self._isolated = (ports, peers, orgs) if problem is None else None
             self._isolation_installed |= problem is None
+
+    def _org_cgroups(self, orgs: tuple[str, ...]) -> list[tuple[int, str]]:
+        """nft's names of these orgs' cgroups (made if missing: the rules must name them)."""
+        if self._cgroups is None:
+            return []
+        names = [self._cgroups.nft_name(self._cgroups.org(org)) for org in orgs]
+        return [name for name in names if name is not None]
 
     @staticmethod
     def _unroute_address(tx: Tx, app_id: str, address: str) -> None:
@@ -483,10 +501,12 @@ class Agent:
                 region=self.region, command=config.command, workdir=workdir / "app", port=port,
                 env=config.env, api_socket=workdir / "api" / "api.sock",
                 user=machine_user(app.machine_uid), group_file=workdir / "group",
-                cgroup=self._cgroups.path(machine_id) if self._cgroups else None,
+                cgroup=self._cgroups.path(app.org_id, machine_id) if self._cgroups else None,
             )  # fmt: skip
             machine = Machine(spec, Redactor([]), lambda line: None)  # both set by _start
-            running = Running(app.id, app.name, release.number, config, machine, port)
+            running = Running(
+                app.id, app.name, release.number, config, machine, port, org_id=app.org_id
+            )
             running.code = (release.artifact or "", release.config or "")
             self.machines[machine_id] = running
             await self._isolate()  # its port is guarded before it listens
@@ -889,7 +909,7 @@ class Agent:
         with contextlib.suppress(OSError):
             self.machines_dir.rmdir()  # once empty: nothing of this platform's machines stays
         if self._cgroups is not None:
-            self._cgroups.remove_base()
+            self._cgroups.remove_all()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -4,10 +4,13 @@ A process group holds a machine's processes only while they stay in it: one that
 `setsid` (a daemonizing server, a background job) leaves, and outlives the machine with its
 port and its secrets in memory. Nothing inside a cgroup can leave it without write access to
 the cgroup tree, which a machine's uid does not have. So when the agent can write cgroups
-(root, a cgroup2 mount), each machine starts in `<cgroup2>/aerodrome/<agent tag>/<machine
-id>`, joined between fork and exec, and ends with `cgroup.kill`: every process in it, at once.
-An agent that died without stopping its machines leaves its cgroups behind; the next agent with
-the same tag (region and data directory) kills and removes them at start.
+(root, a cgroup2 mount), each machine starts in `<cgroup2>/aerodrome/<agent tag>/<org
+id>/<machine id>`, joined between fork and exec, and ends with `cgroup.kill`: every process in
+it, at once. The org level lets the firewall tell an org's machines' sockets apart
+(runtime/isolation.py); an org's cgroup is kept while the agent runs, so its id (which the
+firewall rules hold) does not change. An agent that died without stopping its machines leaves
+its cgroups behind; the next agent with the same tag (region and data directory) kills and
+removes them at start.
 
 Without cgroups (an agent that is not root, no cgroup2 mount) the agent falls back to process
 groups (`machine.kill_recorded_groups`) and says so once.
@@ -20,6 +23,8 @@ import os
 import signal
 import time
 from pathlib import Path
+
+NFT_CGROUP_ROOT = Path("/sys/fs/cgroup")  # nft resolves `socket cgroupv2` paths from here
 
 
 def cgroup2_mount() -> Path | None:
@@ -62,19 +67,46 @@ class MachineCgroups:
             return None, f"cannot manage cgroups under {base} ({exc.strerror or exc})"
         return cls(base), ""
 
-    def path(self, machine_id: str) -> Path:
-        return self.base / machine_id
+    def path(self, org_id: str, machine_id: str) -> Path:
+        return self.base / org_id / machine_id
+
+    def org(self, org_id: str) -> Path:
+        """The org's cgroup, made if missing (the firewall rules name it)."""
+        path = self.base / org_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def leftovers(self) -> list[Path]:
         """Machine cgroups an earlier agent with this tag left behind."""
         try:
-            return [p for p in self.base.iterdir() if p.is_dir()]
+            orgs = [p for p in self.base.iterdir() if p.is_dir()]
         except OSError:
             return []
+        return [machine for org in orgs for machine in org.iterdir() if machine.is_dir()]
 
-    def remove_base(self) -> None:
+    def remove_all(self) -> int:
+        """Kill and remove every machine cgroup of this agent, then the org cgroups and the
+        agent's own (what is still busy stays, for the next start). How many processes were
+        killed."""
+        killed = sum(remove(machine) for machine in self.leftovers())
         with contextlib.suppress(OSError):
+            for org in self.base.iterdir():
+                with contextlib.suppress(OSError):
+                    org.rmdir()
             self.base.rmdir()
+        return killed
+
+    def nft_name(self, org_cgroup: Path) -> tuple[int, str] | None:
+        """How nftables' `socket cgroupv2` names `org_cgroup`: its level below the cgroup2
+        root, and its path below /sys/fs/cgroup (where nft looks). None if nft cannot."""
+        mount = cgroup2_mount()
+        if mount is None:
+            return None
+        try:
+            level = len(org_cgroup.relative_to(mount).parts)
+            return level, str(org_cgroup.relative_to(NFT_CGROUP_ROOT))
+        except ValueError:
+            return None
 
 
 def prepare(cgroup: Path) -> None:

@@ -19,20 +19,31 @@ directory, so platforms and regions on one host never share one) with the port e
 machines serves on (`$PORT`) and the (uid . port) pairs allowed to open a connection to it,
 the production apps of the machine's org (as on Fly, an org's apps reach each other; no one
 else's do, except through the edge). A new TCP connection from a production uid to one of
-those ports on this host is refused unless its pair is in the set. Other ports a machine may
-open, and UDP, are not covered. The agent replaces the table whole whenever either set
-changes, adds a machine's port before the machine starts (and does not start it if that
-fails), and removes the table when it stops (its machines stop with it).
+those ports on this host is refused unless its pair is in the set.
+
+When the agent runs machines in cgroups (runtime/cgroups.py: `.../<org>/<machine>`), the same
+table also covers every other port a machine opens, TCP and UDP: on the output hook, a new
+connection from a socket in one of the agent's org cgroups gets a conntrack mark naming the
+org (`socket cgroupv2`); on the input hook (loopback), a new connection to a socket in an org
+cgroup that carries one of this agent's marks, but not that org's, is refused. Connections
+from anything that is not one of its machines (the edge, health checks, other hosts) carry no
+such mark and pass. The marks' high 16 bits name the agent (`agent_mark`), so machines of
+another agent on the host are judged by their uid rule only.
+
+The agent replaces the table whole whenever it changes, adds a machine's port (and its org)
+before the machine starts (and does not start it if that fails), and removes the table when
+it stops (its machines stop with it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 log = logging.getLogger("aerodrome.agent")
 TABLE = "aerodrome"
@@ -77,14 +88,22 @@ def _nft() -> str | None:
     )
 
 
+def agent_mark(tag: str) -> int:
+    """The high 16 bits of the conntrack marks this agent's table sets (never zero)."""
+    return (int.from_bytes(hashlib.sha256(tag.encode()).digest()[:2], "big") | 1) << 16
+
+
 def org_ruleset(
     tag: str,
     production_uids: range,
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
+    org_cgroups: Sequence[tuple[int, str]] = (),
 ) -> str:
     """The agent's table: connections from production machines to its machines' ports only
-    from the same org's apps (`peers`: allowed uid . port pairs)."""
+    from the same org's apps (`peers`: allowed uid . port pairs); and, with `org_cgroups`
+    (nft's level and path of each org's cgroup here), to any port of its machines only from
+    machines of the same org."""
     port_list = ", ".join(str(port) for port in sorted(set(ports)))
     peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(set(peers)))
     guarded = (
@@ -97,9 +116,26 @@ def org_ruleset(
         + (f" elements = {{ {peer_list} }};" if peer_list else "")
         + "\n  }\n"
     )
+    agent = agent_mark(tag)
+    marking, refusing = [], []
+    for index, (level, path) in enumerate(org_cgroups, start=1):
+        org = f'socket cgroupv2 level {level} "{path}"'
+        mark = f"0x{agent | index:08x}"
+        marking.append(f"ct state new fib daddr type local {org} ct mark set {mark}")
+        # A new connection on loopback that one of this agent's machines opened (its mark)
+        # to a socket of an org's machine: refused unless the mark is that org's.
+        to_org = f'ct state new iif "lo" ct mark & 0xffff0000 == 0x{agent:08x} {org}'
+        refusing.append(f"{to_org} ct mark != {mark} meta l4proto tcp reject with tcp reset")
+        refusing.append(f"{to_org} ct mark != {mark} reject")
     chain = _output_chain(
-        f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset"
+        f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset", *marking
     )
+    if refusing:
+        lines = "".join(f"    {rule}\n" for rule in refusing)
+        chain += (
+            "  chain input {\n    type filter hook input priority filter; policy accept;\n"
+            f"{lines}  }}\n"
+        )
     return _replacing(apps_table(tag), sets + chain)
 
 
@@ -137,6 +173,7 @@ def isolate_orgs(
     production_uids: range,
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
+    org_cgroups: Sequence[tuple[int, str]] = (),
 ) -> str | None:
     """Replace this agent's org table; None when it is in place, else why not."""
-    return _nft_apply(org_ruleset(tag, production_uids, ports, peers), "other orgs")
+    return _nft_apply(org_ruleset(tag, production_uids, ports, peers, org_cgroups), "other orgs")
