@@ -51,11 +51,18 @@ if os.environ.get("SHOW_SELF"):  # who am I, from the machine-local API, and as 
     print("self", json.dumps(json.loads(body)), "uid", os.getuid(),
           "env", sorted(os.environ), flush=True)
 side = os.environ.get("SIDE_PORT")
-if side:  # a second listener, besides $PORT (an admin or metrics port)
+datagrams = []
+if side:  # a second listener, besides $PORT (an admin or metrics port), and one for UDP
     import threading
     listener = socket.create_server(("127.0.0.1", int(side)))
     threading.Thread(
         target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True
+    ).start()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", int(side)))
+    threading.Thread(
+        target=lambda: [datagrams.append(udp.recv(100).decode()) for _ in iter(int, 1)],
+        daemon=True,
     ).start()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -69,6 +76,12 @@ class H(http.server.BaseHTTPRequestHandler):
                 pages[self.path] = "open"
             except OSError as e:
                 pages[self.path] = type(e).__name__
+        if self.path.startswith("/udp/"):  # send a datagram to a port on this host
+            port, _, text = self.path[5:].partition("/")
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+                text.encode(), ("127.0.0.1", int(port)))
+            pages[self.path] = "sent"
+        pages["/datagrams"] = ",".join(datagrams)
         if self.path.startswith("/environ/"):  # another process's environment, if it may
             try:
                 pages[self.path] = str(len(open("/proc/" + self.path[9:] + "/environ").read()))
@@ -587,6 +600,12 @@ def test_a_machine_reaches_its_orgs_machines_but_not_another_orgs(
         for name, running in others.items():
             seen[name] = await get(mine.address, f"/probe/{running.port}")
             seen[f"{name}, other port"] = await get(mine.address, f"/probe/{side[name]}")
+        for name in others:
+            await get(mine.address, f"/udp/{side[name]}/from-web")
+        await get(others["foreign"].address, f"/udp/{side['web']}/from-foreign")
+        await asyncio.sleep(0.2)
+        for name, running in {**others, "web": mine}.items():
+            seen[f"{name}, datagrams"] = await get(running.address, "/datagrams")
         seen["from foreign"] = await get(others["foreign"].address, f"/probe/{mine.port}")
         seen["from foreign, other port"] = await get(
             others["foreign"].address, f"/probe/{side['web']}"
@@ -612,6 +631,9 @@ def test_a_machine_reaches_its_orgs_machines_but_not_another_orgs(
         "foreign, other port": "ConnectionRefusedError",  # on any port it listens on
         "from foreign": "ConnectionRefusedError",
         "from foreign, other port": "ConnectionRefusedError",
+        "sibling, datagrams": "from-web",  # UDP alike
+        "foreign, datagrams": "",
+        "web, datagrams": "",
     }
 
 
