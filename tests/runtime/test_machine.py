@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime import cgroups
+from aerodrome.runtime import machine as machine_module
 from aerodrome.runtime.cgroups import MachineCgroups
 from aerodrome.runtime.machine import (
     LogLine,
@@ -163,32 +166,6 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
     )
 
 
-def test_a_machine_whose_main_process_exits_ends_though_a_child_holds_its_output(
-    tmp_path: Path,
-) -> None:
-    # A server that starts a worker and then crashes: the worker still holds stdout. The
-    # machine has ended (and must restart); the worker goes with it.
-    command = "sleep 600 & echo $! > worker.pid; echo crashing; exit 7"
-    lines: list[LogLine] = []
-    machine = Machine(spec(tmp_path, command), Redactor([]), lines.append)
-
-    async def go() -> int:
-        await machine.start({})
-        try:
-            return await asyncio.wait_for(machine.wait(), 10)
-        finally:
-            await machine.stop(grace=0)
-
-    assert asyncio.run(go()) == 7
-    assert [line.message for line in lines] == ["crashing"]  # its output up to the end
-    worker = int((tmp_path / "machine" / "worker.pid").read_text())
-    for _ in range(50):
-        if not _alive(worker):
-            break
-        time.sleep(0.02)
-    assert not _alive(worker)
-
-
 def _alive(pid: int) -> bool:
     try:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
@@ -218,6 +195,74 @@ def _escaped(tmp_path: Path) -> int:
             return int(pidfile.read_text())
         time.sleep(0.05)
     raise AssertionError("the machine did not start its escaping process")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_machine_whose_main_process_exits_ends_though_a_child_holds_its_output(
+    tmp_path: Path, loop: str
+) -> None:
+    # A server that starts a worker and then crashes: the worker still holds stdout. The
+    # machine has ended (and must restart); the worker goes with it, without anyone waiting.
+    command = "sleep 600 & echo $! > worker.pid; echo crashing; exit 7"
+    lines: list[LogLine] = []
+    machine = Machine(spec(tmp_path, command), Redactor([]), lines.append)
+    worker_pid = tmp_path / "machine" / "worker.pid"
+
+    async def go() -> int:
+        await machine.start({})
+        try:
+            for _ in range(100):  # nobody calls wait(): the worker is killed all the same
+                written = worker_pid.exists() and worker_pid.read_text().strip()
+                if written and not _alive(int(worker_pid.read_text())):
+                    break
+                await asyncio.sleep(0.05)
+            assert not _alive(int(worker_pid.read_text())), "the worker outlived its machine"
+            return await asyncio.wait_for(machine.wait(), 10)
+        finally:
+            await machine.stop(grace=0)
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(go()) == 7
+    assert [line.message for line in lines] == ["crashing"]  # its output up to the end
+    assert not _alive(int(worker_pid.read_text()))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_output_held_open_outside_the_group_does_not_hold_up_the_end(
+    tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a cgroup, a process that left the group cannot be found; its copy of the output
+    # pipe must not keep the machine from ending (and from being restarted).
+    monkeypatch.setattr(machine_module, "PIPE_DRAIN_SECONDS", 0.5)
+    command = ESCAPE + "while [ ! -s escaped.pid ]; do sleep 0.05; done; echo bye; exit 4"
+    machine = Machine(spec(tmp_path, command), Redactor([]), lambda line: None)
+
+    async def go() -> int:
+        await machine.start({})
+        try:
+            return await asyncio.wait_for(machine.wait(), 10)
+        finally:
+            await machine.stop(grace=0)
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    try:
+        assert run(go()) == 4
+    finally:
+        os.kill(_escaped(tmp_path), signal.SIGKILL)
+
+
+def test_a_start_that_fails_after_a_run_leaves_the_machine_stoppable(tmp_path: Path) -> None:
+    machine = Machine(spec(tmp_path, "exit 0"), Redactor([]), lambda line: None)
+
+    async def go() -> int | None:
+        await machine.start({})
+        assert await machine.wait() == 0
+        machine.spec = dataclasses.replace(machine.spec, open_files=2**40)  # refused in the child
+        with pytest.raises(subprocess.SubprocessError):
+            await machine.start({})
+        return await asyncio.wait_for(machine.stop(grace=1), 5)
+
+    assert asyncio.run(go()) == 0
 
 
 @pytest.mark.parametrize("ending", ["stopped", "main process exits"])

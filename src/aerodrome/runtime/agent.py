@@ -265,26 +265,28 @@ class Agent:
             if (ports, peers, orgs) == self._isolated:
                 return
             org_cgroups = await asyncio.to_thread(self._org_cgroups, orgs)
-            problem = await asyncio.to_thread(
-                isolate_orgs,
-                self._isolation_tag,
-                MACHINE_UIDS["production"],
-                ports,
-                peers,
-                org_cgroups,
-            )
+            rules = (self._isolation_tag, MACHINE_UIDS["production"], ports, peers)
+            problem = await asyncio.to_thread(isolate_orgs, *rules, org_cgroups)
+            if problem and org_cgroups:  # e.g. a kernel without `socket cgroupv2`
+                log.warning("org isolation covers $PORT only: %s", problem)
+                problem = await asyncio.to_thread(isolate_orgs, *rules)
             if problem and problem != self._isolation_problem:
                 log.warning("org isolation: %s", problem)
             self._isolation_problem = problem or ""
             self._isolated = (ports, peers, orgs) if problem is None else None
             self._isolation_installed |= problem is None
 
-    def _org_cgroups(self, orgs: tuple[str, ...]) -> list[tuple[int, str]]:
-        """nft's names of these orgs' cgroups (made if missing: the rules must name them)."""
+    def _org_cgroups(self, orgs: tuple[str, ...]) -> list[tuple[str, int, str]]:
+        """Each org with machines here, and nft's name of its cgroup (made if missing: the
+        rules must name it)."""
         if self._cgroups is None:
             return []
-        names = [self._cgroups.nft_name(self._cgroups.org(org)) for org in orgs]
-        return [name for name in names if name is not None]
+        named = []
+        for org in orgs:
+            name = self._cgroups.nft_name(self._cgroups.org(org))
+            if name is not None:
+                named.append((org, *name))
+        return named
 
     @staticmethod
     def _unroute_address(tx: Tx, app_id: str, address: str) -> None:
@@ -909,7 +911,7 @@ class Agent:
         with contextlib.suppress(OSError):
             self.machines_dir.rmdir()  # once empty: nothing of this platform's machines stays
         if self._cgroups is not None:
-            self._cgroups.remove_all()
+            await asyncio.to_thread(self._cgroups.remove_all)
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -58,9 +59,12 @@ class MachineCgroups:
         probe = base / "probe"
         try:
             probe.mkdir(parents=True, exist_ok=True)
-            if not os.access(probe / "cgroup.procs", os.W_OK):
-                raise PermissionError(f"{probe / 'cgroup.procs'} is not writable")
-            probe.rmdir()
+            try:  # a process must be able to join one, as each machine's does
+                subprocess.run(["true"], check=True, timeout=10, preexec_fn=lambda: join(probe))
+            except subprocess.SubprocessError as exc:
+                raise PermissionError(f"a process cannot join {probe}") from exc
+            finally:
+                remove(probe)
             with contextlib.suppress(OSError):
                 base.rmdir()  # made again with the first machine; kept if leftovers are in it
         except OSError as exc:
@@ -82,7 +86,11 @@ class MachineCgroups:
             orgs = [p for p in self.base.iterdir() if p.is_dir()]
         except OSError:
             return []
-        return [machine for org in orgs for machine in org.iterdir() if machine.is_dir()]
+        found = []
+        for org in orgs:
+            with contextlib.suppress(OSError):  # gone meanwhile
+                found.extend(machine for machine in org.iterdir() if machine.is_dir())
+        return found
 
     def remove_all(self) -> int:
         """Kill and remove every machine cgroup of this agent, then the org cgroups and the

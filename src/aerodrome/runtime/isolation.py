@@ -22,13 +22,16 @@ else's do, except through the edge). A new TCP connection from a production uid 
 those ports on this host is refused unless its pair is in the set.
 
 When the agent runs machines in cgroups (runtime/cgroups.py: `.../<org>/<machine>`), the same
-table also covers every other port a machine opens, TCP and UDP: on the output hook, a new
-connection from a socket in one of the agent's org cgroups gets a conntrack mark naming the
-org (`socket cgroupv2`); on the input hook (loopback), a new connection to a socket in an org
-cgroup that carries one of this agent's marks, but not that org's, is refused. Connections
-from anything that is not one of its machines (the edge, health checks, other hosts) carry no
-such mark and pass. The marks' high 16 bits name the agent (`agent_mark`), so machines of
-another agent on the host are judged by their uid rule only.
+table also covers every TCP and UDP port a machine opens: on the output hook, a new connection
+from a socket in one of the agent's org cgroups to this host gets a conntrack mark naming the
+org (`socket cgroupv2`; the high bit and a hash of the org id, so every agent on the host marks
+an org alike), and a packet that a machine sends on a connection marked for another org is
+dropped; on the input hook (loopback), a packet reaching a socket in an org cgroup on a
+connection marked for another org is refused. Checking every packet, not only new
+connections, keeps an org from answering, as the "reply", a UDP flow another org started.
+Connections from anything that is not a machine (the edge, health checks, other hosts) carry
+no such mark and pass. If nft refuses these rules, the agent installs the uid rule alone and
+says so. Another user of the host's conntrack marks must leave the high bit alone.
 
 The agent replaces the table whole whenever it changes, adds a machine's port (and its org)
 before the machine starts (and does not start it if that fails), and removes the table when
@@ -88,9 +91,14 @@ def _nft() -> str | None:
     )
 
 
-def agent_mark(tag: str) -> int:
-    """The high 16 bits of the conntrack marks this agent's table sets (never zero)."""
-    return (int.from_bytes(hashlib.sha256(tag.encode()).digest()[:2], "big") | 1) << 16
+ORG_MARK_BIT = 0x80000000  # set in the conntrack mark of every connection a machine opens
+
+
+def org_mark(org_id: str) -> int:
+    """The conntrack mark of connections the org's machines open, the same in every agent's
+    table on the host: the high bit, and 31 bits of a hash of the org's id."""
+    digest = int.from_bytes(hashlib.sha256(org_id.encode()).digest()[:4], "big")
+    return ORG_MARK_BIT | (digest & ~ORG_MARK_BIT & 0xFFFFFFFF)
 
 
 def org_ruleset(
@@ -98,12 +106,12 @@ def org_ruleset(
     production_uids: range,
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
-    org_cgroups: Sequence[tuple[int, str]] = (),
+    org_cgroups: Sequence[tuple[str, int, str]] = (),
 ) -> str:
     """The agent's table: connections from production machines to its machines' ports only
     from the same org's apps (`peers`: allowed uid . port pairs); and, with `org_cgroups`
-    (nft's level and path of each org's cgroup here), to any port of its machines only from
-    machines of the same org."""
+    (each org here: its id, and nft's level and path of its cgroup), any packet between a
+    machine of one org and a socket of another's refused."""
     port_list = ", ".join(str(port) for port in sorted(set(ports)))
     peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(set(peers)))
     guarded = (
@@ -116,22 +124,28 @@ def org_ruleset(
         + (f" elements = {{ {peer_list} }};" if peer_list else "")
         + "\n  }\n"
     )
-    agent = agent_mark(tag)
-    marking, refusing = [], []
-    for index, (level, path) in enumerate(org_cgroups, start=1):
+    marked = f"ct mark & 0x{ORG_MARK_BIT:08x} == 0x{ORG_MARK_BIT:08x}"
+    marking, leaving, arriving = [], [], []
+    for org_id, level, path in org_cgroups:
         org = f'socket cgroupv2 level {level} "{path}"'
-        mark = f"0x{agent | index:08x}"
+        mark = f"0x{org_mark(org_id):08x}"
+        # A new connection one of its machines opens to this host carries the org's mark.
         marking.append(f"ct state new fib daddr type local {org} ct mark set {mark}")
-        # A new connection on loopback that one of this agent's machines opened (its mark)
-        # to a socket of an org's machine: refused unless the mark is that org's.
-        to_org = f'ct state new iif "lo" ct mark & 0xffff0000 == 0x{agent:08x} {org}'
-        refusing.append(f"{to_org} ct mark != {mark} meta l4proto tcp reject with tcp reset")
-        refusing.append(f"{to_org} ct mark != {mark} reject")
+        # Any packet that one of its machines sends on a connection another org's machine
+        # opened (the reply direction of a UDP "connection", say) is dropped...
+        leaving.append(f"{marked} {org} ct mark != {mark} counter drop")
+        # ... and any packet that reaches one of its machines' sockets on a connection another
+        # org's machine opened is refused (so is a new one).
+        to_org = f'iif "lo" {marked} {org} ct mark != {mark}'
+        arriving.append(f"{to_org} meta l4proto tcp counter reject with tcp reset")
+        arriving.append(f"{to_org} counter reject")
     chain = _output_chain(
-        f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset", *marking
+        f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset",
+        *marking,
+        *leaving,
     )
-    if refusing:
-        lines = "".join(f"    {rule}\n" for rule in refusing)
+    if arriving:
+        lines = "".join(f"    {rule}\n" for rule in arriving)
         chain += (
             "  chain input {\n    type filter hook input priority filter; policy accept;\n"
             f"{lines}  }}\n"
@@ -173,7 +187,7 @@ def isolate_orgs(
     production_uids: range,
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
-    org_cgroups: Sequence[tuple[int, str]] = (),
+    org_cgroups: Sequence[tuple[str, int, str]] = (),
 ) -> str | None:
     """Replace this agent's org table; None when it is in place, else why not."""
     return _nft_apply(org_ruleset(tag, production_uids, ports, peers, org_cgroups), "other orgs")

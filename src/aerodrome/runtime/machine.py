@@ -258,10 +258,9 @@ class Machine:
         self.sink = sink
         self.process: asyncio.subprocess.Process | None = None
         self._transport: asyncio.SubprocessTransport | None = None
-        self._exited = asyncio.Event()  # the main process ended (its pipes may live on)
-        # Whether the group of the process that ended was killed: once only, since its pid
-        # (the group id) is free for reuse from then on.
-        self._group_killed = False
+        # Waits for the main process to exit, then kills what it left behind (once: its pid,
+        # the group id, is free for reuse from then on); its result is the exit status.
+        self._reaper: asyncio.Task[int] | None = None
         self.started_at = 0.0
         self._readers: list[asyncio.Task[None]] = []
 
@@ -280,24 +279,29 @@ class Machine:
             await asyncio.to_thread(hand_over, self.spec.workdir, uid)
         if self.spec.cgroup is not None:
             await asyncio.to_thread(cgroups.prepare, self.spec.cgroup)
-        self._group_killed = False
         loop = asyncio.get_running_loop()
-        self._exited = asyncio.Event()
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _MachineProtocol(self._exited, MAX_LINE, loop),
-            "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
-            cwd=self.spec.workdir,
-            env=machine_environment(self.spec, secrets),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_confine(
-                self.spec.memory_bytes, self.spec.open_files, self.spec.user, self.spec.cgroup
-            ),
-        )  # fmt: skip
+        exited = asyncio.Event()
+        try:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _MachineProtocol(exited, MAX_LINE, loop),
+                "/bin/sh", "-c", self.spec.command,  # the command is config, never a secret
+                cwd=self.spec.workdir,
+                env=machine_environment(self.spec, secrets),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_confine(
+                    self.spec.memory_bytes, self.spec.open_files, self.spec.user, self.spec.cgroup
+                ),
+            )  # fmt: skip
+        except BaseException:
+            if self.spec.cgroup is not None:  # nothing runs in it
+                await asyncio.to_thread(cgroups.remove, self.spec.cgroup)
+            raise
         self._transport = transport
-        self.process = asyncio.subprocess.Process(transport, protocol, loop)
+        self.process = process = asyncio.subprocess.Process(transport, protocol, loop)
+        self._reaper = asyncio.create_task(self._reap(process, exited))
         self.started_at = time.monotonic()
         if self.spec.group_file is not None:
             uid = self.spec.user if self.spec.user is not None else os.geteuid()
@@ -349,29 +353,31 @@ class Machine:
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
+    async def _reap(self, process: asyncio.subprocess.Process, exited: asyncio.Event) -> int:
+        """When the main process exits, the machine has ended, whatever still holds its output
+        pipes: anything it left behind (which would otherwise keep the pipes, a port and its
+        secrets) goes at once, in its process group or, with a cgroup, anywhere."""
+        await exited.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # its pid is not reused before it is reaped
+        if self.spec.cgroup is not None:
+            await asyncio.to_thread(cgroups.remove, self.spec.cgroup)
+        assert process.returncode is not None
+        return process.returncode
+
     async def wait(self) -> int:
-        """The main process's exit status, once it and everything it left behind are gone."""
+        """The main process's exit status, once it and everything it left behind are gone and
+        its last output is read."""
         assert self.process is not None and self._transport is not None
-        # Its exit, not its pipes' end: a process it started may hold those open for ever.
-        await self._exited.wait()
-        code = self.process.returncode
-        assert code is not None
-        # The machine is its main process: once that is gone, so is anything it left behind
-        # (which would otherwise keep the output pipes, and a port, open), in its process
-        # group or, with a cgroup, anywhere.
-        if not self._group_killed:
-            self._group_killed = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            if self.spec.cgroup is not None:
-                await asyncio.to_thread(cgroups.remove, self.spec.cgroup)
-        try:  # the last output lines, until the pipes close
-            await asyncio.wait_for(asyncio.shield(self.process.wait()), PIPE_DRAIN_SECONDS)
-        except TimeoutError:
-            # Held open by a process outside the group (no cgroup to find it): stop reading.
-            log.warning("%s: output pipes still open after exit, closed", self.spec.machine_id)
-            self._transport.close()
-        await asyncio.gather(*self._readers, return_exceptions=True)
+        assert self._reaper is not None
+        code = await asyncio.shield(self._reaper)
+        if self._readers:
+            _, reading = await asyncio.wait(self._readers, timeout=PIPE_DRAIN_SECONDS)
+            if reading:
+                # Held open by a process outside the group (no cgroup to find it): stop reading.
+                log.warning("%s: output still open after exit, closed", self.spec.machine_id)
+                self._transport.close()
+                await asyncio.gather(*reading, return_exceptions=True)
         return code
 
     async def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
