@@ -4,6 +4,7 @@ nftables tables loaded for real, processes placed in org cgroups as machines are
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -50,7 +51,9 @@ class Agents:
     def __init__(self) -> None:
         self.tags: dict[str, MachineCgroups] = {}
 
-    def add(self, tag: str, orgs: list[str]) -> MachineCgroups:
+    def add(
+        self, tag: str, orgs: list[str], owners: list[tuple[int, Path]] | None = None
+    ) -> MachineCgroups:
         found, problem = MachineCgroups.open(tag)
         if found is None:
             pytest.skip(f"cgroups cannot be managed here: {problem}")
@@ -60,7 +63,14 @@ class Agents:
             name = found.nft_name(found.org(org))
             assert name is not None
             named.append((org, *name))
-        assert isolate_orgs(tag, MACHINE_UIDS["production"], [], [], named) is None
+        guarded = []
+        for port, cgroup in owners or []:
+            cgroups.prepare(cgroup)
+            name = found.nft_name(cgroup)
+            assert name is not None
+            guarded.append((port, *name))
+        problem = isolate_orgs(tag, MACHINE_UIDS["production"], [], [], named, guarded)
+        assert problem is None, problem
         return found
 
     def run(self, where: Path, *argv: str) -> subprocess.Popen[str]:
@@ -134,3 +144,38 @@ def test_orgs_are_told_apart_across_the_agents_of_one_host(agents: Agents, tmp_p
         for server_process in servers:
             server_process.kill()
             server_process.wait()
+
+
+def test_a_machines_port_taken_by_another_process_gets_none_of_its_traffic(
+    agents: Agents, tmp_path: Path
+) -> None:
+    # While a machine restarts, its port is free: another org's machine may bind it, answer
+    # the checks and be sent the app's requests. Only the machine's own cgroup may serve it.
+    port = free_port()
+    tag = _tag("one")
+    found, problem = MachineCgroups.open(tag)
+    if found is None:
+        pytest.skip(f"cgroups cannot be managed here: {problem}")
+    owner = found.path(ORG_A, "mch_owner")
+    here = agents.add(tag, [ORG_A, ORG_B], owners=[(port, owner)])
+    server = (
+        "import socket, sys\n"
+        "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "print('listening', flush=True)\n"
+        "while True: s.accept()[0].sendall(b'hi')\n"
+    )
+
+    def reply_from(where: Path) -> str:
+        listener = agents.run(where, sys.executable, "-c", server, str(port))
+        assert listener.stdout is not None and listener.stdout.readline() == "listening\n"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+                return conn.recv(10).decode()
+        except OSError as error:
+            return type(error).__name__
+        finally:
+            listener.kill()
+            listener.wait()
+
+    assert reply_from(here.path(ORG_B, "mch_thief")) == "ConnectionRefusedError"
+    assert reply_from(owner) == "hi"

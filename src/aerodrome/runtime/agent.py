@@ -172,7 +172,13 @@ class Agent:
         # last installed, whether a table was ever installed, and why not, if not.
         self._orgs: tuple[dict[str, list[int]], dict[str, str]] = ({}, {})
         self._isolated: (
-            tuple[frozenset[int], frozenset[tuple[int, int]], tuple[str, ...]] | None
+            tuple[
+                frozenset[int],
+                frozenset[tuple[int, int]],
+                tuple[str, ...],
+                tuple[tuple[int, Path], ...],
+            ]
+            | None
         ) = None
         self._isolation_installed = False
         self._isolation_problem = ""
@@ -262,18 +268,31 @@ class Agent:
                 for uid in org_uids.get(app_org.get(r.app_id, ""), [])
             )
             orgs = tuple(sorted({r.org_id for r in self.machines.values()}))
-            if (ports, peers, orgs) == self._isolated:
+            owners = tuple(
+                sorted(
+                    (r.port, r.machine.spec.cgroup)
+                    for r in self.machines.values()
+                    if r.machine.spec.cgroup is not None
+                )
+            )
+            if (ports, peers, orgs, owners) == self._isolated:
                 return
             org_cgroups = await asyncio.to_thread(self._org_cgroups, orgs)
+            port_owners = [
+                (port, *name)
+                for port, cgroup in owners
+                if self._cgroups is not None
+                and (name := self._cgroups.nft_name(cgroup)) is not None
+            ]
             rules = (self._isolation_tag, MACHINE_UIDS["production"], ports, peers)
-            problem = await asyncio.to_thread(isolate_orgs, *rules, org_cgroups)
+            problem = await asyncio.to_thread(isolate_orgs, *rules, org_cgroups, port_owners)
             if problem and org_cgroups:  # e.g. a kernel without `socket cgroupv2`
                 log.warning("org isolation covers $PORT only: %s", problem)
                 problem = await asyncio.to_thread(isolate_orgs, *rules)
             if problem and problem != self._isolation_problem:
                 log.warning("org isolation: %s", problem)
             self._isolation_problem = problem or ""
-            self._isolated = (ports, peers, orgs) if problem is None else None
+            self._isolated = (ports, peers, orgs, owners) if problem is None else None
             self._isolation_installed |= problem is None
 
     def _org_cgroups(self, orgs: tuple[str, ...]) -> list[tuple[str, int, str]]:
@@ -511,6 +530,8 @@ class Agent:
             )
             running.code = (release.artifact or "", release.config or "")
             self.machines[machine_id] = running
+            if spec.cgroup is not None:  # the firewall names it: made before the rules
+                await asyncio.to_thread(cgroups.prepare, spec.cgroup)
             await self._isolate()  # its port is guarded before it listens
             if self._isolated is None and self._isolation_installed:
                 raise StartFailed(
@@ -757,6 +778,11 @@ class Agent:
         await running.machine.stop(config.kill_timeout, getattr(signal, config.kill_signal))
 
     @staticmethod
+    async def _remove_cgroup(running: Running) -> None:
+        if running.machine.spec.cgroup is not None:
+            await asyncio.to_thread(cgroups.remove, running.machine.spec.cgroup)
+
+    @staticmethod
     async def _close_api(running: Running) -> None:
         if running.api is not None:
             api, running.api = running.api, None
@@ -766,6 +792,7 @@ class Agent:
         await self._stop(running, "replaced")
         self.machines.pop(running.machine_id, None)
         await self._isolate()  # its port is no one's now
+        await self._remove_cgroup(running)
         await asyncio.to_thread(
             self._destroy, running.machine_id, running.machine.spec.workdir.parent
         )
@@ -780,6 +807,7 @@ class Agent:
             await self._close_api(running)
             await asyncio.to_thread(self._revoke_credential, running)
         self.machines.pop(running.machine_id, None)
+        await self._remove_cgroup(running)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(
                 self._destroy, running.machine_id, running.machine.spec.workdir.parent

@@ -86,7 +86,7 @@ class MachineCgroups:
             orgs = [p for p in self.base.iterdir() if p.is_dir()]
         except OSError:
             return []
-        found = []
+        found: list[Path] = []
         for org in orgs:
             with contextlib.suppress(OSError):  # gone meanwhile
                 found.extend(machine for machine in org.iterdir() if machine.is_dir())
@@ -158,6 +158,17 @@ def kill(cgroup: Path) -> int:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
     return found
+
+
+def empty(cgroup: Path, timeout: float = 5.0) -> int:
+    """Kill what is in `cgroup` and wait (up to `timeout`) until the dying have left it; the
+    cgroup stays, with its id (the firewall's rules name a machine's). How many were killed."""
+    killed = kill(cgroup)
+    deadline = time.monotonic() + timeout
+    while members(cgroup) and time.monotonic() < deadline:
+        kill(cgroup)
+        time.sleep(0.01)
+    return killed
 
 
 def remove(cgroup: Path, timeout: float = 5.0) -> int:

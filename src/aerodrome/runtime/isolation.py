@@ -30,7 +30,9 @@ dropped; on the input hook (loopback), a packet reaching a socket in an org cgro
 connection marked for another org is refused. Checking every packet, not only new
 connections, keeps an org from answering, as the "reply", a UDP flow another org started.
 Connections from anything that is not a machine (the edge, health checks, other hosts) carry
-no such mark and pass. If nft refuses these rules, the agent installs the uid rule alone and
+no such mark and pass; but a new connection to a machine's `$PORT` is refused unless the
+listener is in that machine's own cgroup, so a process that took the port while the machine
+restarted is sent nothing. If nft refuses these rules, the agent installs the uid rule alone and
 says so. Another user of the host's conntrack marks must leave the high bit alone.
 
 The agent replaces the table whole whenever it changes, adds a machine's port (and its org)
@@ -107,11 +109,14 @@ def org_ruleset(
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
     org_cgroups: Sequence[tuple[str, int, str]] = (),
+    port_owners: Sequence[tuple[int, int, str]] = (),
 ) -> str:
     """The agent's table: connections from production machines to its machines' ports only
     from the same org's apps (`peers`: allowed uid . port pairs); and, with `org_cgroups`
     (each org here: its id, and nft's level and path of its cgroup), any packet between a
-    machine of one org and a socket of another's refused."""
+    machine of one org and a socket of another's refused; with `port_owners` (each machine's
+    port, and nft's level and path of its cgroup), a new TCP connection on loopback to that
+    port refused unless it reaches a socket of that machine."""
     port_list = ", ".join(str(port) for port in sorted(set(ports)))
     peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(set(peers)))
     guarded = (
@@ -139,6 +144,13 @@ def org_ruleset(
         to_org = f'iif "lo" {marked} {org} ct mark != {mark}'
         arriving.append(f"{to_org} meta l4proto tcp counter reject with tcp reset")
         arriving.append(f"{to_org} counter reject")
+    for port, level, path in port_owners:
+        # Whoever else listens on a machine's port (another org's machine that took it while
+        # the machine restarted) gets none of its traffic: not the edge's, not the checks'.
+        arriving.append(
+            f'iif "lo" ct state new tcp dport {port} socket cgroupv2 level {level} != "{path}" '
+            "counter reject with tcp reset"
+        )
     chain = _output_chain(
         f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset",
         *marking,
@@ -188,6 +200,8 @@ def isolate_orgs(
     ports: Iterable[int],
     peers: Iterable[tuple[int, int]],
     org_cgroups: Sequence[tuple[str, int, str]] = (),
+    port_owners: Sequence[tuple[int, int, str]] = (),
 ) -> str | None:
     """Replace this agent's org table; None when it is in place, else why not."""
-    return _nft_apply(org_ruleset(tag, production_uids, ports, peers, org_cgroups), "other orgs")
+    rules = org_ruleset(tag, production_uids, ports, peers, org_cgroups, port_owners)
+    return _nft_apply(rules, "other orgs")

@@ -99,7 +99,8 @@ class MachineSpec:
     # machine cannot write, so the next agent run can end what this one leaves behind.
     group_file: Path | None = None
     # The machine's own cgroup (see runtime/cgroups.py), when the agent can manage cgroups:
-    # all of its processes, including those that leave its process group.
+    # all of its processes, including those that leave its process group. Made by `start` if
+    # missing, emptied when the machine ends, removed by whoever owns the machine.
     cgroup: Path | None = None
 
 
@@ -296,8 +297,8 @@ class Machine:
                 ),
             )  # fmt: skip
         except BaseException:
-            if self.spec.cgroup is not None:  # nothing runs in it
-                await asyncio.to_thread(cgroups.remove, self.spec.cgroup)
+            if self.spec.cgroup is not None:  # a child that got in before failing
+                await asyncio.to_thread(cgroups.empty, self.spec.cgroup)
             raise
         self._transport = transport
         self.process = process = asyncio.subprocess.Process(transport, protocol, loop)
@@ -360,8 +361,8 @@ class Machine:
         await exited.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # its pid is not reused before it is reaped
-        if self.spec.cgroup is not None:
-            await asyncio.to_thread(cgroups.remove, self.spec.cgroup)
+        if self.spec.cgroup is not None:  # emptied, kept for a restart (its owner removes it)
+            await asyncio.to_thread(cgroups.empty, self.spec.cgroup)
         assert process.returncode is not None
         return process.returncode
 
