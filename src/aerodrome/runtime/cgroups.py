@@ -7,8 +7,9 @@ the cgroup tree, which a machine's uid does not have. So when the agent can writ
 (root, a cgroup2 mount), each machine starts in `<cgroup2>/aerodrome/<agent tag>/<org
 id>/<machine id>`, joined between fork and exec, and ends with `cgroup.kill`: every process in
 it, at once. The org level lets the firewall tell an org's machines' sockets apart
-(runtime/isolation.py); an org's cgroup is kept while the agent runs, so its id (which the
-firewall rules hold) does not change. An agent that died without stopping its machines leaves
+(runtime/isolation.py). The firewall holds cgroups by id, so an org's cgroup is kept while the
+agent runs, and a machine's from its launch until it is retired (emptied, not removed, when it
+exits and restarts). An agent that died without stopping its machines leaves
 its cgroups behind; the next agent with the same tag (region and data directory) kills and
 removes them at start.
 
@@ -51,7 +52,7 @@ class MachineCgroups:
     @classmethod
     def open(cls, tag: str) -> tuple[MachineCgroups | None, str]:
         """The agent's cgroups, or None and why they cannot be used. Probed once: a cgroup
-        made, joined by nothing, and removed."""
+        made, joined by a short-lived process, and removed."""
         mount = cgroup2_mount()
         if mount is None:
             return None, "no cgroup2 hierarchy is mounted"

@@ -360,7 +360,7 @@ class Machine:
         secrets) goes at once, in its process group or, with a cgroup, anywhere."""
         await exited.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # its pid is not reused before it is reaped
+            os.killpg(process.pid, signal.SIGKILL)  # the id stays taken while a member lives
         if self.spec.cgroup is not None:  # emptied, kept for a restart (its owner removes it)
             await asyncio.to_thread(cgroups.empty, self.spec.cgroup)
         assert process.returncode is not None
