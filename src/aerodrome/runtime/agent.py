@@ -226,7 +226,8 @@ class Agent:
             )
         # Outside the write transaction: this reads all of /proc (once for every machine).
         # Every cgroup under this agent's is a leftover (it makes them, and removes them when
-        # its machines end); the recorded process groups cover machines started without one.
+        # its machines are retired or it stops); the recorded process groups cover machines
+        # started without one.
         killed = self._cgroups.remove_all() if self._cgroups else 0
         trees = [self.machines_dir / m for m in left if MACHINE_ID.fullmatch(m)]  # ids we made
         killed += kill_recorded_groups(tree / "group" for tree in trees)
