@@ -73,7 +73,10 @@ class Agents:
         assert problem is None, problem
         return found
 
-    def run(self, where: Path, *argv: str) -> subprocess.Popen[str]:
+    def run(self, where: Path | None, *argv: str) -> subprocess.Popen[str]:
+        """`argv` in the cgroup `where`, or (None) in this test's own, as any host process."""
+        if where is None:
+            return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         cgroups.prepare(where)
         return subprocess.Popen(
             argv, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: cgroups.join(where)
@@ -165,7 +168,7 @@ def test_a_machines_port_taken_by_another_process_gets_none_of_its_traffic(
         "while True: s.accept()[0].sendall(b'hi')\n"
     )
 
-    def reply_from(where: Path) -> str:
+    def reply_from(where: Path | None) -> str:
         listener = agents.run(where, sys.executable, "-c", server, str(port))
         assert listener.stdout is not None and listener.stdout.readline() == "listening\n"
         try:
@@ -178,4 +181,6 @@ def test_a_machines_port_taken_by_another_process_gets_none_of_its_traffic(
             listener.wait()
 
     assert reply_from(here.path(ORG_B, "mch_thief")) == "ConnectionRefusedError"
+    assert reply_from(here.path(ORG_A, "mch_sibling")) == "ConnectionRefusedError"
+    assert reply_from(None) == "ConnectionRefusedError"  # a process in no machine's cgroup
     assert reply_from(owner) == "hi"

@@ -30,9 +30,9 @@ dropped; on the input hook (loopback), a packet reaching a socket in an org cgro
 connection marked for another org is refused. Checking every packet, not only new
 connections, keeps an org from answering, as the "reply", a UDP flow another org started.
 Connections from anything that is not a machine (the edge, health checks, other hosts) carry
-no such mark and pass; but a new connection to a machine's `$PORT` is refused unless the
-listener is in that machine's own cgroup, so a process that took the port while the machine
-restarted is sent nothing. If nft refuses these rules, the agent installs the uid rule alone and
+no such mark and pass; but a new connection to a machine's `$PORT` is accepted only when the
+listener is in that machine's own cgroup (and refused otherwise), so a process that took the
+port while the machine restarted is sent nothing. If nft refuses these rules, the agent installs the uid rule alone and
 says so. Another user of the host's conntrack marks must leave the high bit alone.
 
 The agent replaces the table whole whenever it changes, adds a machine's port (and its org)
@@ -145,12 +145,12 @@ def org_ruleset(
         arriving.append(f"{to_org} meta l4proto tcp counter reject with tcp reset")
         arriving.append(f"{to_org} counter reject")
     for port, level, path in port_owners:
-        # Whoever else listens on a machine's port (another org's machine that took it while
-        # the machine restarted) gets none of its traffic: not the edge's, not the checks'.
-        arriving.append(
-            f'iif "lo" ct state new tcp dport {port} socket cgroupv2 level {level} != "{path}" '
-            "counter reject with tcp reset"
-        )
+        # Whoever else listens on a machine's port (another machine, or any process, that
+        # took it while the machine restarted) gets none of its traffic: not the edge's, not
+        # the checks'. Last in the chain: the org rules above have refused what they refuse.
+        to_port = f'iif "lo" ct state new tcp dport {port}'
+        arriving.append(f'{to_port} socket cgroupv2 level {level} "{path}" accept')
+        arriving.append(f"{to_port} counter reject with tcp reset")
     chain = _output_chain(
         f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset",
         *marking,
