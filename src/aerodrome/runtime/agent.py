@@ -157,6 +157,14 @@ class Running:
         return f"127.0.0.1:{self.port}"
 
 
+def _cgroup_id(cgroup: Path) -> int:
+    """The id the kernel (and nftables) knows a cgroup by: its inode; 0 if it is gone."""
+    try:
+        return cgroup.stat().st_ino
+    except OSError:
+        return 0
+
+
 class Agent:
     def __init__(self, services: Services, region: str = "local") -> None:
         self.services = services
@@ -176,7 +184,7 @@ class Agent:
                 frozenset[int],
                 frozenset[tuple[int, int]],
                 tuple[str, ...],
-                tuple[tuple[int, Path], ...],
+                tuple[tuple[int, Path, int], ...],
             ]
             | None
         ) = None
@@ -185,6 +193,7 @@ class Agent:
         tag = hashlib.sha256(str(self.settings.data_dir).encode()).hexdigest()[:8]
         self._isolation_tag = f"{self.region}_{tag}"
         self._isolating = asyncio.Lock()
+        self._cgroup_rules_problem = ""  # why nft refused the cgroup rules, if it did
         # Each machine's processes in a cgroup of its own, when this agent may make them.
         self._cgroups, self._cgroups_problem = cgroups.MachineCgroups.open(self._isolation_tag)
         self._audit = Audit(actor="agent")
@@ -271,25 +280,29 @@ class Agent:
             orgs = tuple(sorted({r.org_id for r in self.machines.values()}))
             owners = tuple(
                 sorted(
-                    (r.port, r.machine.spec.cgroup)
+                    (r.port, r.machine.spec.cgroup, _cgroup_id(r.machine.spec.cgroup))
                     for r in self.machines.values()
                     if r.machine.spec.cgroup is not None
                 )
-            )
+            )  # by id too: a cgroup made again under the same path is another to the rules
             if (ports, peers, orgs, owners) == self._isolated:
                 return
             org_cgroups = await asyncio.to_thread(self._org_cgroups, orgs)
             port_owners = [
                 (port, *name)
-                for port, cgroup in owners
+                for port, cgroup, _ in owners
                 if self._cgroups is not None
                 and (name := self._cgroups.nft_name(cgroup)) is not None
             ]
             rules = (self._isolation_tag, MACHINE_UIDS["production"], ports, peers)
             problem = await asyncio.to_thread(isolate_orgs, *rules, org_cgroups, port_owners)
             if problem and org_cgroups:  # e.g. a kernel without `socket cgroupv2`
-                log.warning("org isolation covers $PORT only: %s", problem)
+                if problem != self._cgroup_rules_problem:
+                    log.warning("org isolation covers $PORT only: %s", problem)
+                self._cgroup_rules_problem = problem
                 problem = await asyncio.to_thread(isolate_orgs, *rules)
+            elif problem is None:
+                self._cgroup_rules_problem = ""
             if problem and problem != self._isolation_problem:
                 log.warning("org isolation: %s", problem)
             self._isolation_problem = problem or ""
@@ -436,10 +449,12 @@ class Agent:
         ]  # more old machines than the new release wants
         await self._switch(app, config, add=[], remove=extras)
         retiring = [asyncio.create_task(self._retire(app, r)) for r in [*unrouted, *extras]]
-        await asyncio.sleep(DRAIN)
-        await self._status(app, number, "complete")
-        log.info("release %s of %s serves on %s machine(s)", number, app.name, config.machines)
-        await asyncio.gather(*retiring)
+        try:
+            await asyncio.sleep(DRAIN)
+            await self._status(app, number, "complete")
+            log.info("release %s of %s serves on %s machine(s)", number, app.name, config.machines)
+        finally:  # cancelled (the agent stops): the retirements end before shutdown goes on
+            await asyncio.gather(*retiring, return_exceptions=True)
 
     async def _rolling(
         self, app: App, release: Release, config: AppConfig, old: list[Running]
@@ -530,9 +545,9 @@ class Agent:
                 app.id, app.name, release.number, config, machine, port, org_id=app.org_id
             )
             running.code = (release.artifact or "", release.config or "")
-            self.machines[machine_id] = running
-            if spec.cgroup is not None:  # the firewall names it: made before the rules
+            if spec.cgroup is not None:  # the firewall names it: made before any rule does
                 await asyncio.to_thread(cgroups.prepare, spec.cgroup)
+            self.machines[machine_id] = running
             await self._isolate()  # its port is guarded before it listens
             if self._isolated is None and self._isolation_installed:
                 raise StartFailed(

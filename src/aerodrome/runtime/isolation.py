@@ -30,10 +30,11 @@ dropped; on the input hook (loopback), a packet reaching a socket in an org cgro
 connection marked for another org is refused. Checking every packet, not only new
 connections, keeps an org from answering, as the "reply", a UDP flow another org started.
 Connections from anything that is not a machine (the edge, health checks, other hosts) carry
-no such mark and pass; but a new connection to a machine's `$PORT` is accepted only when the
-listener is in that machine's own cgroup (and refused otherwise), so a process that took the
-port while the machine restarted is sent nothing. If nft refuses these rules, the agent installs the uid rule alone and
-says so. Another user of the host's conntrack marks must leave the high bit alone.
+no such mark and pass; but a new loopback TCP connection to a machine's `$PORT` is accepted
+only when the listener is in that machine's own cgroup (and refused otherwise), so a process
+that took the port while the machine restarted is sent nothing. If nft refuses these rules,
+the agent installs the uid rule alone and says so. Another user of the host's conntrack marks
+must leave the high bit alone.
 
 The agent replaces the table whole whenever it changes, adds a machine's port (and its org)
 before the machine starts (and does not start it if that fails), and removes the table when
