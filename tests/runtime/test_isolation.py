@@ -18,7 +18,6 @@ from aerodrome.runtime import cgroups
 from aerodrome.runtime.agent import free_port
 from aerodrome.runtime.cgroups import MachineCgroups
 from aerodrome.runtime.isolation import drop_org_table, isolate_orgs
-from tests.cli.upstreams import wait_for_port
 
 ORG_A, ORG_B = "org_" + "a" * 24, "org_" + "b" * 24
 
@@ -118,29 +117,43 @@ def test_an_org_cannot_answer_a_flow_another_org_started(agents: Agents, tmp_pat
     assert b_says.strip() == "got nothing"
 
 
-def test_orgs_are_told_apart_across_the_agents_of_one_host(agents: Agents, tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_orgs_are_told_apart_across_the_agents_of_one_host(
+    agents: Agents, tmp_path: Path, host: str
+) -> None:
     # A machine of org A under one agent, org A and org B under another (two regions or data
-    # directories on one host): the marks mean the same org in both tables.
+    # directories on one host): the marks mean the same org in both tables, on either family.
     one = agents.add(_tag("one"), [ORG_A])
     two = agents.add(_tag("two"), [ORG_A, ORG_B])
     ports = {"a": free_port()}
     ports["b"] = free_port({ports["a"]})
-    server = "import socket,sys\ns=socket.create_server(('127.0.0.1',int(sys.argv[1])))\n" \
-             "while True: s.accept()[0].close()\n"  # fmt: skip
-    servers = [
-        agents.run(two.path(ORG_A, "mch_sa"), sys.executable, "-c", server, str(ports["a"])),
-        agents.run(two.path(ORG_B, "mch_sb"), sys.executable, "-c", server, str(ports["b"])),
-    ]
-    probe = (
-        "import socket,sys\ntry:\n socket.create_connection(('127.0.0.1',int(sys.argv[1])),"
-        "timeout=3).close(); print('open')\nexcept OSError as e: print(type(e).__name__)\n"
+    server = (
+        "import socket, sys\n"
+        "family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET\n"
+        "s = socket.create_server((sys.argv[1], int(sys.argv[2])), family=family)\n"
+        "print('listening', flush=True)\n"
+        "while True: s.accept()[0].close()\n"
     )
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
+        "    print('open')\n"
+        "except OSError as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    servers = [
+        agents.run(two.path(ORG_A, "mch_sa"), sys.executable, "-c", server, host, str(ports["a"])),
+        agents.run(two.path(ORG_B, "mch_sb"), sys.executable, "-c", server, host, str(ports["b"])),
+    ]
     try:
-        for port in ports.values():  # this test's own process is in no org: it connects
-            wait_for_port(port)
+        for listener in servers:
+            assert listener.stdout is not None and listener.stdout.readline() == "listening\n"
         seen = {}
         for name, port in ports.items():
-            client = agents.run(one.path(ORG_A, "mch_c"), sys.executable, "-c", probe, str(port))
+            client = agents.run(
+                one.path(ORG_A, "mch_c"), sys.executable, "-c", probe, host, str(port)
+            )
             seen[name] = client.communicate(timeout=10)[0].strip()
         assert seen == {"a": "open", "b": "ConnectionRefusedError"}
     finally:
