@@ -813,8 +813,9 @@ class Agent:
             self._destroy, running.machine_id, running.machine.spec.workdir.parent
         )
 
-    async def _discard(self, running: Running) -> None:
-        """Stop and forget a machine that should not exist (failed start, app gone)."""
+    async def _discard(self, running: Running, isolate: bool = True) -> None:
+        """Stop and forget a machine that should not exist (failed start, app gone); its port
+        and cgroup leave the org table (not at shutdown, which drops the table)."""
         running.stopped = True
         with contextlib.suppress(Exception):
             await self._route(running, routed=False)
@@ -823,6 +824,9 @@ class Agent:
             await self._close_api(running)
             await asyncio.to_thread(self._revoke_credential, running)
         self.machines.pop(running.machine_id, None)
+        if isolate:
+            with contextlib.suppress(Exception):  # retried each supervise round
+                await self._isolate()
         await self._remove_cgroup(running)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(
@@ -948,7 +952,9 @@ class Agent:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        await asyncio.gather(*(self._discard(r) for r in list(self.machines.values())))
+        await asyncio.gather(
+            *(self._discard(r, isolate=False) for r in list(self.machines.values()))
+        )
         if self._isolation_installed:
             await asyncio.to_thread(drop_org_table, self._isolation_tag)
             self._isolated, self._isolation_installed = None, False
