@@ -17,7 +17,7 @@ from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime import cgroups
 from aerodrome.runtime.agent import free_port
 from aerodrome.runtime.cgroups import MachineCgroups
-from aerodrome.runtime.isolation import drop_org_table, isolate_orgs
+from aerodrome.runtime.isolation import OrgTable, drop_org_table, isolate_orgs
 
 ORG_A, ORG_B = "org_" + "a" * 24, "org_" + "b" * 24
 
@@ -68,7 +68,10 @@ class Agents:
             name = found.nft_name(cgroup)
             assert name is not None
             guarded.append((port, *name))
-        problem = isolate_orgs(tag, MACHINE_UIDS["production"], [], [], named, guarded)
+        table = OrgTable(
+            tag, MACHINE_UIDS["production"], frozenset(), frozenset(), tuple(named), tuple(guarded)
+        )
+        problem = isolate_orgs(table)
         assert problem is None, problem
         return found
 

@@ -388,6 +388,15 @@ class OpenedKeys:
     def __repr__(self) -> str:
         return f"OpenedKeys({sorted(self._keys)})"
 
+    def get(self, hostname: str, sealed_as: tuple[str, ...]) -> bytes | None:
+        """The key opened earlier for `hostname`, if it was sealed exactly as now."""
+        known = self._keys.get(hostname)
+        return known[1] if known is not None and known[0] == sealed_as else None
+
+    def keep(self, keys: dict[str, tuple[tuple[str, ...], bytes]]) -> None:
+        """Remember these keys alone (what the edge serves now)."""
+        self._keys = keys
+
 
 def load_edge_certificates(
     session: Session,
@@ -402,7 +411,6 @@ def load_edge_certificates(
     cannot take down the others. With `opened`, keys unsealed by an earlier call from the
     same ciphertext are reused, and the cache keeps only what this call returns."""
     now = now or utcnow()
-    earlier = opened._keys if opened is not None else {}
     kept: dict[str, tuple[tuple[str, ...], bytes]] = {}
     out = EdgeCertificates()
     rows = session.execute(
@@ -417,9 +425,9 @@ def load_edge_certificates(
         # Everything the unseal depends on: a re-wrap (key rotation) or another row opens it
         # afresh, so a key that would no longer open is never served from the cache.
         sealed_as = (row.id, str(row.generation), ciphertext, row.key_wrapped or "")
-        known = earlier.get(row.hostname)
-        if known is not None and known[0] == sealed_as:
-            key_pem = known[1]
+        earlier = opened.get(row.hostname, sealed_as) if opened is not None else None
+        if earlier is not None:
+            key_pem = earlier
         else:
             try:
                 key = unseal(
@@ -434,7 +442,7 @@ def load_edge_certificates(
         kept[row.hostname] = (sealed_as, key_pem)
         out[row.hostname] = ((row.chain_pem or "").encode("ascii"), key_pem)
     if opened is not None:
-        opened._keys = kept
+        opened.keep(kept)
     return out
 
 

@@ -48,7 +48,12 @@ from aerodrome.platform.apps import MACHINE_UIDS
 from aerodrome.runtime import cgroups
 from aerodrome.runtime.artifact import app_artifacts, stored_artifact, unpack_artifact
 from aerodrome.runtime.config import AppConfig, Check, load_config
-from aerodrome.runtime.isolation import drop_org_table, isolate_orgs, isolate_test_machines
+from aerodrome.runtime.isolation import (
+    OrgTable,
+    drop_org_table,
+    isolate_orgs,
+    isolate_test_machines,
+)
 from aerodrome.runtime.localapi import Identity, LocalApi, MachineCredentialCheck
 from aerodrome.runtime.logstore import LogStore
 from aerodrome.runtime.machine import (
@@ -288,19 +293,26 @@ class Agent:
             if (ports, peers, orgs, owners) == self._isolated:
                 return
             org_cgroups = await asyncio.to_thread(self._org_cgroups, orgs)
-            port_owners = [
+            port_owners = tuple(
                 (port, *name)
                 for port, cgroup, _ in owners
                 if self._cgroups is not None
                 and (name := self._cgroups.nft_name(cgroup)) is not None
-            ]
-            rules = (self._isolation_tag, MACHINE_UIDS["production"], ports, peers)
-            problem = await asyncio.to_thread(isolate_orgs, *rules, org_cgroups, port_owners)
+            )
+            table = OrgTable(
+                self._isolation_tag,
+                MACHINE_UIDS["production"],
+                ports,
+                peers,
+                org_cgroups,
+                port_owners,
+            )
+            problem = await asyncio.to_thread(isolate_orgs, table)
             if problem and org_cgroups:  # e.g. a kernel without `socket cgroupv2`
                 if problem != self._cgroup_rules_problem:
                     log.warning("org isolation covers $PORT only: %s", problem)
                 self._cgroup_rules_problem = problem
-                problem = await asyncio.to_thread(isolate_orgs, *rules)
+                problem = await asyncio.to_thread(isolate_orgs, table.without_cgroups())
             elif problem is None:
                 self._cgroup_rules_problem = ""
             if problem and problem != self._isolation_problem:
@@ -309,17 +321,13 @@ class Agent:
             self._isolated = (ports, peers, orgs, owners) if problem is None else None
             self._isolation_installed |= problem is None
 
-    def _org_cgroups(self, orgs: tuple[str, ...]) -> list[tuple[str, int, str]]:
+    def _org_cgroups(self, orgs: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
         """Each org with machines here, and nft's name of its cgroup (made if missing: the
         rules must name it)."""
         if self._cgroups is None:
-            return []
-        named = []
-        for org in orgs:
-            name = self._cgroups.nft_name(self._cgroups.org(org))
-            if name is not None:
-                named.append((org, *name))
-        return named
+            return ()
+        named = ((org, self._cgroups.nft_name(self._cgroups.org(org))) for org in orgs)
+        return tuple((org, *name) for org, name in named if name is not None)
 
     @staticmethod
     def _unroute_address(tx: Tx, app_id: str, address: str) -> None:

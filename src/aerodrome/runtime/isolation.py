@@ -49,7 +49,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 log = logging.getLogger("aerodrome.agent")
 TABLE = "aerodrome"
@@ -65,10 +65,11 @@ def _uids(uids: range) -> str:
     return f"{uids.start}-{uids.stop - 1}"
 
 
-def _output_chain(*rules: str) -> str:
+def _chain(hook: str, *rules: str) -> str:
+    """A base chain named after its hook (`output`, `input`), accepting what no rule refuses."""
     lines = "".join(f"    {rule}\n" for rule in rules)
     return (
-        "  chain output {\n    type filter hook output priority filter; policy accept;\n"
+        f"  chain {hook} {{\n    type filter hook {hook} priority filter; policy accept;\n"
         f"{lines}  }}\n"
     )
 
@@ -77,7 +78,8 @@ def ruleset(test_uids: range) -> str:
     new_to_this_host = f"meta skuid {_uids(test_uids)} ct state new fib daddr type local"
     return _replacing(
         TABLE,
-        _output_chain(
+        _chain(
+            "output",
             f"{new_to_this_host} meta l4proto tcp counter reject with tcp reset",
             f"{new_to_this_host} counter reject",
         ),
@@ -104,66 +106,73 @@ def org_mark(org_id: str) -> int:
     return ORG_MARK_BIT | (digest & ~ORG_MARK_BIT & 0xFFFFFFFF)
 
 
-def org_ruleset(
-    tag: str,
-    production_uids: range,
-    ports: Iterable[int],
-    peers: Iterable[tuple[int, int]],
-    org_cgroups: Sequence[tuple[str, int, str]] = (),
-    port_owners: Sequence[tuple[int, int, str]] = (),
-) -> str:
-    """The agent's table: connections from production machines to its machines' ports only
-    from the same org's apps (`peers`: allowed uid . port pairs); and, with `org_cgroups`
-    (each org here: its id, and nft's level and path of its cgroup), any packet between a
-    machine of one org and a socket of another's refused; with `port_owners` (each machine's
-    port, and nft's level and path of its cgroup), a new TCP connection on loopback to that
-    port refused unless it reaches a socket of that machine."""
-    port_list = ", ".join(str(port) for port in sorted(set(ports)))
-    peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(set(peers)))
-    guarded = (
-        f"meta skuid {_uids(production_uids)} ct state new fib daddr type local tcp dport @ports"
-    )
-    sets = (
-        "  set ports {\n    type inet_service;"
-        + (f" elements = {{ {port_list} }};" if port_list else "")
-        + "\n  }\n  set peers {\n    typeof meta skuid . tcp dport;"
-        + (f" elements = {{ {peer_list} }};" if peer_list else "")
-        + "\n  }\n"
-    )
-    marked = f"ct mark & 0x{ORG_MARK_BIT:08x} == 0x{ORG_MARK_BIT:08x}"
-    marking, leaving, arriving = [], [], []
-    for org_id, level, path in org_cgroups:
-        org = f'socket cgroupv2 level {level} "{path}"'
-        mark = f"0x{org_mark(org_id):08x}"
-        # A new connection one of its machines opens to this host carries the org's mark.
-        marking.append(f"ct state new fib daddr type local {org} ct mark set {mark}")
-        # Any packet that one of its machines sends on a connection another org's machine
-        # opened (the reply direction of a UDP "connection", say) is dropped...
-        leaving.append(f"{marked} {org} ct mark != {mark} counter drop")
-        # ... and any packet that reaches one of its machines' sockets on a connection another
-        # org's machine opened is refused (so is a new one).
-        to_org = f'iif "lo" {marked} {org} ct mark != {mark}'
-        arriving.append(f"{to_org} meta l4proto tcp counter reject with tcp reset")
-        arriving.append(f"{to_org} counter reject")
-    for port, level, path in port_owners:
-        # Whoever else listens on a machine's port (another machine, or any process, that
-        # took it while the machine restarted) gets none of its traffic: not the edge's, not
-        # the checks'. Last in the chain: the org rules above have refused what they refuse.
-        to_port = f'iif "lo" ct state new tcp dport {port}'
-        arriving.append(f'{to_port} socket cgroupv2 level {level} "{path}" accept')
-        arriving.append(f"{to_port} counter reject with tcp reset")
-    chain = _output_chain(
-        f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset",
-        *marking,
-        *leaving,
-    )
-    if arriving:
-        lines = "".join(f"    {rule}\n" for rule in arriving)
-        chain += (
-            "  chain input {\n    type filter hook input priority filter; policy accept;\n"
-            f"{lines}  }}\n"
+@dataclass(frozen=True)
+class OrgTable:
+    """What one agent's org table holds (see the module docstring): its tag; the production
+    uid range; its machines' ports and the (uid . port) pairs allowed to open them; with
+    cgroups, each org with machines here (its id, and nft's level and path of its cgroup) and
+    each machine's port with nft's level and path of the machine's cgroup."""
+
+    tag: str
+    production_uids: range
+    ports: frozenset[int]
+    peers: frozenset[tuple[int, int]]
+    org_cgroups: tuple[tuple[str, int, str], ...] = ()
+    port_owners: tuple[tuple[int, int, str], ...] = ()
+
+    def without_cgroups(self) -> OrgTable:
+        """The uid . port rule alone (for a kernel or nft without `socket cgroupv2`)."""
+        return replace(self, org_cgroups=(), port_owners=())
+
+    def ruleset(self) -> str:
+        """`nft -f` input replacing the table: connections from production machines to the
+        machines' ports only from the same org's apps; with cgroups, any packet between a
+        machine of one org and a socket of another's refused, and a new TCP connection on
+        loopback to a machine's port refused unless it reaches a socket of that machine."""
+        port_list = ", ".join(str(port) for port in sorted(self.ports))
+        peer_list = ", ".join(f"{uid} . {port}" for uid, port in sorted(self.peers))
+        guarded = (
+            f"meta skuid {_uids(self.production_uids)} ct state new fib daddr type local "
+            "tcp dport @ports"
         )
-    return _replacing(apps_table(tag), sets + chain)
+        sets = (
+            "  set ports {\n    type inet_service;"
+            + (f" elements = {{ {port_list} }};" if port_list else "")
+            + "\n  }\n  set peers {\n    typeof meta skuid . tcp dport;"
+            + (f" elements = {{ {peer_list} }};" if peer_list else "")
+            + "\n  }\n"
+        )
+        marked = f"ct mark & 0x{ORG_MARK_BIT:08x} == 0x{ORG_MARK_BIT:08x}"
+        marking, leaving, arriving = [], [], []
+        for org_id, level, path in self.org_cgroups:
+            org = f'socket cgroupv2 level {level} "{path}"'
+            mark = f"0x{org_mark(org_id):08x}"
+            # A new connection one of its machines opens to this host carries the org's mark.
+            marking.append(f"ct state new fib daddr type local {org} ct mark set {mark}")
+            # Any packet that one of its machines sends on a connection another org's machine
+            # opened (the reply direction of a UDP "connection", say) is dropped...
+            leaving.append(f"{marked} {org} ct mark != {mark} counter drop")
+            # ... and any packet that reaches one of its machines' sockets on a connection
+            # another org's machine opened is refused (so is a new one).
+            to_org = f'iif "lo" {marked} {org} ct mark != {mark}'
+            arriving.append(f"{to_org} meta l4proto tcp counter reject with tcp reset")
+            arriving.append(f"{to_org} counter reject")
+        for port, level, path in self.port_owners:
+            # Whoever else listens on a machine's port (another machine, or any process, that
+            # took it while the machine restarted) gets none of its traffic: not the edge's,
+            # not the checks'. Last in the chain: the org rules above refused what they refuse.
+            to_port = f'iif "lo" ct state new tcp dport {port}'
+            arriving.append(f'{to_port} socket cgroupv2 level {level} "{path}" accept')
+            arriving.append(f"{to_port} counter reject with tcp reset")
+        chains = _chain(
+            "output",
+            f"{guarded} meta skuid . tcp dport != @peers counter reject with tcp reset",
+            *marking,
+            *leaving,
+        )
+        if arriving:
+            chains += _chain("input", *arriving)
+        return _replacing(apps_table(self.tag), sets + chains)
 
 
 def _nft_apply(rules: str, what: str) -> str | None:
@@ -195,14 +204,6 @@ def drop_org_table(tag: str) -> None:
         )
 
 
-def isolate_orgs(
-    tag: str,
-    production_uids: range,
-    ports: Iterable[int],
-    peers: Iterable[tuple[int, int]],
-    org_cgroups: Sequence[tuple[str, int, str]] = (),
-    port_owners: Sequence[tuple[int, int, str]] = (),
-) -> str | None:
+def isolate_orgs(table: OrgTable) -> str | None:
     """Replace this agent's org table; None when it is in place, else why not."""
-    rules = org_ruleset(tag, production_uids, ports, peers, org_cgroups, port_owners)
-    return _nft_apply(rules, "other orgs")
+    return _nft_apply(table.ruleset(), "other orgs")
