@@ -190,14 +190,11 @@ def test_keep_alive_serves_many_requests_on_one_connection(edge: EdgeHarness) ->
     assert len(ids) == 20
 
 
-def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_waiting(
-    edge: EdgeHarness,
-) -> None:
-    """After `Connection: close` the edge sends close_notify and closes the socket itself,
-    without waiting for the client's close_notify (this client never sends one; were the
-    edge waiting, the 5 s socket timeout would fail the test). The client still gets the
-    whole response and a clean TLS close."""
-    name = host(edge, "web")
+def memory_bio_client(
+    edge: EdgeHarness, name: str
+) -> tuple[socket.socket, ssl.MemoryBIO, ssl.MemoryBIO, ssl.SSLObject]:
+    """A TLS client over memory BIOs, handshake done: it decides itself when its records (and
+    its close_notify) go out, and sees how the edge's stream ends."""
     ctx = edge.ca.client_context(edge.snapshot["tmp"])
     raw = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=5)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -211,8 +208,12 @@ def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_wait
             data = raw.recv(65536)
             assert data, "the edge closed during the handshake"
             incoming.write(data)
-    tls.write(b"GET /last HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % name.encode())
-    raw.sendall(outgoing.read())
+    return raw, incoming, outgoing, tls
+
+
+def read_to_close_notify(raw: socket.socket, incoming: ssl.MemoryBIO, tls: ssl.SSLObject) -> bytes:
+    """Everything the edge sends until it closes the TCP stream, decrypted. Reading ends
+    cleanly only at the edge's close_notify; a stream cut without one raises SSLEOFError."""
     stream = b""
     while chunk := raw.recv(65536):  # to the end of the TCP stream
         stream += chunk
@@ -220,13 +221,64 @@ def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_wait
     incoming.write(stream)
     incoming.write_eof()
     response = b""
-    # Reading ends cleanly only at the edge's close_notify; a stream cut without one would
-    # raise SSLEOFError here.
-    while chunk := tls.read(65536):
-        response += chunk
-    head, body = response.split(b"\r\n\r\n", 1)
+    # A clean end: read() returns b"", or, for a client that sent its own close_notify first,
+    # raises SSLZeroReturnError.
+    with contextlib.suppress(ssl.SSLZeroReturnError):
+        while chunk := tls.read(65536):
+            response += chunk
+    return response
+
+
+def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_waiting(
+    edge: EdgeHarness,
+) -> None:
+    """After `Connection: close` the edge sends close_notify and closes the socket itself,
+    without waiting for the client's close_notify (this client never sends one; were the
+    edge waiting, the 5 s socket timeout would fail the test). The client still gets the
+    whole response and a clean TLS close."""
+    name = host(edge, "web")
+    raw, incoming, outgoing, tls = memory_bio_client(edge, name)
+    tls.write(b"GET /last HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % name.encode())
+    raw.sendall(outgoing.read())
+    head, body = read_to_close_notify(raw, incoming, tls).split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head
     assert seen_by_app(body)["path"] == "/last"
+
+
+def test_a_client_that_sends_close_notify_after_its_requests_gets_the_responses(
+    edge: EdgeHarness,
+) -> None:
+    """TLS lets a client end its side (close_notify) and still read: requests already sent
+    are answered, then the edge closes its side too."""
+    name = host(edge, "web")
+    raw, incoming, outgoing, tls = memory_bio_client(edge, name)
+    for path in ("/one", "/two"):
+        tls.write(b"GET %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (path.encode(), name.encode()))
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.unwrap()  # close_notify written; the edge's is not here yet
+    raw.sendall(outgoing.read())
+    stream = read_to_close_notify(raw, incoming, tls)
+    paths = []
+    while stream:
+        head, stream = stream.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        assert head.startswith(b"HTTP/1.1 200")
+        paths.append(seen_by_app(stream[:length])["path"])
+        stream = stream[length:]
+    assert paths == ["/one", "/two"]
+
+
+def test_a_stalled_tls_handshake_is_closed_after_the_header_timeout(edge: EdgeHarness) -> None:
+    """A connection that never finishes its handshake holds a socket only as long as a
+    request's headers may take; other clients are served meanwhile."""
+    stalled = socket.create_connection(("127.0.0.1", edge.config.https_port), timeout=30)
+    stalled.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, no more
+    started = time.monotonic()
+    assert https(edge, "web")[0] == 200
+    assert stalled.recv(65536) == b""  # closed by the edge, without a word
+    waited = time.monotonic() - started
+    assert edge.config.header_timeout - 1 < waited < edge.config.header_timeout + 2
+    stalled.close()
 
 
 # -- CORS ---------------------------------------------------------------------------------------
@@ -377,11 +429,13 @@ def test_a_browser_leading_with_x25519_gets_no_extra_round_trip(
 
 
 def test_the_event_loop_reads_and_writes_tls_records_without_python_wrappers() -> None:
-    # The edge's contexts hand uvloop the TLS connection's own C read and write (it looks
-    # them up once per connection); everything else an SSLObject offers stays as it was.
+    # The edge's contexts hand its TLS layer the TLS connection's own C read, write and
+    # pending (it looks them up once per connection); everything else an SSLObject offers
+    # stays as it was.
     sslobj = hardened_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
     assert isinstance(sslobj, ssl.SSLObject)
-    assert type(sslobj.read).__name__ == type(sslobj.write).__name__ == "builtin_function_or_method"
+    for method in (sslobj.read, sslobj.write, sslobj.pending):
+        assert type(method).__name__ == "builtin_function_or_method"
     assert type(ssl.SSLObject.read).__name__ == "function"  # what it replaces: Python
     with pytest.raises(ssl.SSLWantReadError):
         sslobj.read(1024)  # no record yet: the error the loop expects

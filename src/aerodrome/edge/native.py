@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-MODULES = ("cors", "routes", "upstream", "proxy", "worker")
+MODULES = ("cors", "routes", "tlsstream", "upstream", "proxy", "worker")
 # What the compiled modules import from the rest of aerodrome: mypyc builds in the types it
 # declares, so a build is stale when any of these changes too.
 DEPENDENCIES = ("edge/tls.py", "platform/http_service.py", "platform/http_policy.py", "ids.py")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from aerodrome.edge.tlsstream import TlsStream
 from aerodrome.edge.upstream import HIGH_WATER, HOP_BY_HOP, Address, Splice, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -782,15 +783,16 @@ class EdgeProtocol:
     def _finish(self, ex: Exchange) -> None:
         if unread_body(ex):
             ex.keep_alive = False  # answered before its body arrived: the rest is unread
-        self.flush()
         if self.active is ex:
             self.active = None
-        self._log(ex)
         if not ex.keep_alive or self.closing or (self.client_eof and not self.queue):
             self.closing = True
+            self._log(ex)
             if self.transport is not None:
                 self._close_after(ex, self.transport)
             return
+        self.flush()
+        self._log(ex)
         if self.queue:
             self._next()
         elif self.current is None:
@@ -799,27 +801,27 @@ class EdgeProtocol:
             self._deadline(self.config.header_timeout, "header")
 
     def _close_after(self, ex: Exchange, transport: asyncio.Transport) -> None:
-        """Close the connection after the response to `ex`, its last.
+        """Send what is left of the response to `ex`, the connection's last, and close.
 
-        uvloop's TLS transport sends close_notify and then holds the socket open until the
-        client's close_notify arrives (or 30 s pass): one more wake-up and read per
-        connection, and a socket kept for nothing. Like nginx, the edge does not wait when
-        nothing more can be coming: the request was read to the end and no other one is in
-        flight. Once the TLS layer has handed everything (close_notify included) to the
-        socket, telling it the peer is done makes it close the socket, which still sends all
-        it holds first. Anything else, or another event loop, closes the usual way.
+        On TLS, when nothing more can be coming (the request was read to the end and no other
+        one is in flight), the response, close_notify and the close go out in one write and
+        the edge does not wait for the client's close_notify, like nginx. Otherwise it lingers
+        a little, reading and discarding, so that a client still sending reads the response
+        before a reset could destroy it.
         """
-        transport.close()
         if (
-            self.tls
+            isinstance(transport, TlsStream)
             and ex.body_done
             and self.current is None
             and not self.queue
-            and transport.get_write_buffer_size() == 0
         ):
-            ssl_protocol = transport.get_extra_info("uvloop.sslproto")
-            if ssl_protocol is not None:
-                ssl_protocol.eof_received()
+            out = self.out
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            transport.write_last(data)
+            return
+        self.flush()
+        transport.close()
 
     def _log(self, ex: Exchange, websocket: bool = False) -> None:
         route = ex.route

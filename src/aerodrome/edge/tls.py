@@ -37,13 +37,13 @@ KEY_EXCHANGE_GROUPS = "X25519:P-256:P-384"
 
 
 class DirectSSLObject(ssl.SSLObject):
-    """An `ssl.SSLObject` whose `read` and `write` are the C methods of the TLS connection
-    itself. The event loop's TLS layer looks both up once per connection and then calls them
-    for every record: through `SSLObject`'s Python wrappers, each call costs an interpreter
-    frame, and the `SSLWantReadError` that ends every read is raised through one (measured
-    in-process: 0.3-0.7 µs per request and response; a WebSocket message takes the same
-    path). They take the same positional arguments. `SSLContext.sslobject_class` is the
-    documented way to choose this class."""
+    """An `ssl.SSLObject` whose `read`, `write` and `pending` are the C methods of the TLS
+    connection itself. The edge's TLS layer (`tlsstream`) looks them up once per connection
+    and then calls them for every record: through `SSLObject`'s Python wrappers, each call
+    costs an interpreter frame, and the `SSLWantReadError` that ends a read is raised through
+    one (measured in-process: 0.3-0.7 µs per request and response; a WebSocket message takes
+    the same path). They take the same positional arguments. `SSLContext.sslobject_class` is
+    the documented way to choose this class."""
 
     @property
     def read(self) -> Callable[..., Any]:
@@ -54,6 +54,11 @@ class DirectSSLObject(ssl.SSLObject):
     def write(self) -> Callable[..., Any]:
         raw = getattr(self, "_sslobj", None)
         return raw.write if raw is not None else super().write
+
+    @property
+    def pending(self) -> Callable[[], int]:
+        raw = getattr(self, "_sslobj", None)
+        return raw.pending if raw is not None else super().pending
 
 
 def hardened_context() -> ssl.SSLContext:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aerodrome.edge.proxy import EdgeProtocol
 from aerodrome.edge.routes import EdgeConfig, RouteTable
 from aerodrome.edge.tls import TlsManager
+from aerodrome.edge.tlsstream import TlsStream
 from aerodrome.edge.upstream import UpstreamPool
 from aerodrome.ids import new_id
 
@@ -239,11 +240,11 @@ class Worker:
         for port, tls in ((self.config.https_port, True), (self.config.http_port, False)):
             if not port:
                 continue
+            # TLS is the edge's own layer over plain TCP (see `tlsstream`), not the loop's.
+            factory = self._tls_connection if tls else self._plain_connection
             server = await self.loop.create_server(
-                lambda tls=tls: cast(asyncio.Protocol, EdgeProtocol(self, tls)),
+                cast(Callable[[], asyncio.Protocol], factory),
                 sock=listening_socket(host, port),
-                ssl=self.tls.default if tls else None,
-                ssl_handshake_timeout=10.0 if tls else None,
                 backlog=4096,
             )
             self.servers.append(server)
@@ -251,6 +252,16 @@ class Worker:
             self.loop.create_task(self._follow()),
             self.loop.create_task(self._publish()),
         ]
+
+    def _tls_connection(self) -> TlsStream:
+        # A handshake has the time a request's headers have (nginx's `client_header_timeout`).
+        return TlsStream(self.loop, self.tls.default, self._https_app, self.config.header_timeout)
+
+    def _https_app(self) -> EdgeProtocol:
+        return EdgeProtocol(self, True)
+
+    def _plain_connection(self) -> EdgeProtocol:
+        return EdgeProtocol(self, False)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,0 +1,296 @@
+"""TLS for the edge's client connections, over a plain TCP transport.
+
+`TlsStream` is the protocol of an accepted TCP connection and, once the handshake is done,
+the transport of the app protocol it creates (an `EdgeProtocol`): the app sees the usual
+`write`, `close`, `pause_reading`, `get_extra_info` and friends, and is made only for a
+connection whose handshake succeeded.
+
+Why not the event loop's own TLS layer (`create_server(ssl=...)`): per new connection it
+costs about 45 µs more CPU than this one, the largest part of the edge's gap to nginx on
+new and resumed connections (measured with `openssl s_time -reuse` against two bare servers,
+docs/decisions/0006-edge.md); per request the two cost the same. It also has no way to close
+without waiting for the client's close_notify, and it drops what the app writes after the
+client's close_notify, though TLS lets a server answer a half-closed client.
+
+The TLS work itself is OpenSSL's, through the standard `ssl` module over memory BIOs:
+records are decrypted as they arrive and handed to the app in one `data_received` per TCP
+read; what the app writes is encrypted at once and handed to the TCP transport, whose write
+buffer is the only one (so its flow control is the app's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from typing import Any, cast
+
+# One read's plaintext bound (uvloop's TLS layer reads 256 KiB at a time too).
+READ_SIZE = 256 * 1024
+# After a close that may leave the client still sending (a refused request with its body
+# unread), the socket is kept open this long, reading and discarding, so that the client
+# reads the response before a reset can destroy it (nginx's `lingering_timeout`).
+LINGER_SECONDS = 5.0
+
+_HANDSHAKE = 0
+_OPEN = 1
+_CLOSING = 2  # close_notify sent; lingering until the client is done, or the timer
+_CLOSED = 3
+
+
+class TlsStream:
+    """One accepted TLS connection: the TCP protocol below, the app's transport above.
+
+    Native (mypyc) class like the edge's protocols; uvloop calls its protocol methods by name.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        context: ssl.SSLContext,
+        app_factory: Callable[[], Any],
+        handshake_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.handshake_timeout = handshake_timeout
+        self.app_factory = app_factory
+        self.app: Any = None
+        self.tcp: asyncio.Transport | None = None
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        # The SSLObject's C methods (see `tls.DirectSSLObject`), looked up once.
+        self.ssl_read: Callable[[int], bytes] = self.sslobj.read
+        self.ssl_write: Callable[[bytes], int] = self.sslobj.write
+        self.ssl_pending: Callable[[], int] = self.sslobj.pending
+        self.state = _HANDSHAKE
+        self.timer: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+        self.peer_closed = False  # the client's close_notify arrived
+
+    # -- the TCP transport's protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tcp = cast(asyncio.Transport, transport)  # uvloop's TCPTransport
+        self.timer = self.loop.call_later(self.handshake_timeout, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        self.incoming.write(data)
+        if self.state == _OPEN:
+            self._read()
+        elif self.state == _HANDSHAKE:
+            self._handshake()
+        elif self.state == _CLOSING:
+            self._discard()
+
+    def eof_received(self) -> bool | None:
+        # A TCP FIN without close_notify: the stream may be truncated. Like the event loop's
+        # TLS layer, treat it as a broken connection, not as the client's end of requests.
+        self._close_tcp()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        app, self.app = self.app, None
+        if app is not None:
+            app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app is not None:
+            self.app.resume_writing()
+
+    # -- TLS ----------------------------------------------------------------------------------
+
+    def _handshake(self) -> None:
+        try:
+            self.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ValueError):
+            # No certificate for the name, no shared version or cipher, a bad record: send
+            # the alert OpenSSL wrote, if any, and close.
+            self._flush()
+            self._close_tcp()
+            return
+        if not self.incoming.pending:
+            self._flush()  # the server's last flight, or TLS 1.3's session tickets
+        # Else the client is not waiting for them (it has sent data already): they leave with
+        # the first write, in the same packet.
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.state = _OPEN
+        app = self.app_factory()
+        self.app = app
+        app.connection_made(self)
+        if self.state == _OPEN and (self.incoming.pending or self.ssl_pending()):
+            self._read()  # the first request often rides with the client's Finished
+
+    def _read(self) -> None:
+        """Decrypt what has arrived and hand it to the app in one call."""
+        incoming = self.incoming
+        read = self.ssl_read
+        data = b""
+        peer_done = False
+        try:
+            while incoming.pending or self.ssl_pending():
+                chunk = read(READ_SIZE)
+                if not chunk:
+                    peer_done = True
+                    break
+                data = data + chunk if data else chunk
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            peer_done = True
+        except ssl.SSLError as error:
+            self._fail(error)
+            return
+        app = self.app
+        if data and app is not None:
+            app.data_received(data)  # what OpenSSL wrote meanwhile leaves with the answer
+        elif self.outgoing.pending:  # a key update's answer, say
+            self._flush()
+        if peer_done:
+            # The client's close_notify: it sends nothing more. The app may still answer
+            # what it asked (eof_received returns True), then closes.
+            self.peer_closed = True
+            if self.state == _OPEN and (self.app is None or not self.app.eof_received()):
+                self.close(linger=False)
+
+    def _discard(self) -> None:
+        try:
+            while True:
+                if not self.ssl_read(READ_SIZE):
+                    break
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLError:
+            pass
+        self._close_tcp()  # the client's close_notify, or garbage: either way, done
+
+    def _flush(self) -> None:
+        tcp = self.tcp
+        if self.outgoing.pending and tcp is not None:
+            tcp.write(self.outgoing.read())
+
+    def _fail(self, error: BaseException) -> None:
+        self._flush()  # OpenSSL's alert, if it wrote one
+        self._close_tcp()
+
+    def _close_tcp(self) -> None:
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            if self.tcp is not None:
+                self.tcp.close()  # sends what it holds first
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.state == _HANDSHAKE or self.state == _CLOSING:
+            if self.tcp is not None:
+                self.tcp.abort()
+            self.state = _CLOSED
+
+    # -- the app's transport ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.state != _OPEN or not data:
+            return
+        try:
+            self.ssl_write(data)
+        except ssl.SSLError as error:
+            self._fail(error)
+            return
+        tcp = self.tcp
+        if tcp is not None:
+            tcp.write(self.outgoing.read())
+
+    def write_last(self, data: bytes) -> None:
+        """Write `data`, then close_notify, in one write, and close without lingering: for a
+        last response when the client cannot be sending anything more."""
+        if self.state != _OPEN:
+            return
+        if data:
+            try:
+                self.ssl_write(data)
+            except ssl.SSLError as error:
+                self._fail(error)
+                return
+        self.close(linger=False)
+
+    def close(self, linger: bool = True) -> None:
+        """Send close_notify and close. With `linger`, keep reading (and discarding) until
+        the client closes too or `LINGER_SECONDS` pass; without, close the socket at once
+        (after what is buffered): for when the client cannot be sending anything more."""
+        if self.state != _OPEN:
+            return
+        # close_notify; unwrap() then complains that the client's is not here yet.
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self.sslobj.unwrap()
+        self._flush()
+        if not linger or self.peer_closed:
+            self._close_tcp()
+            return
+        self.state = _CLOSING
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(LINGER_SECONDS, self._on_timer)
+        if self.reading_paused and self.tcp is not None:
+            self.tcp.resume_reading()
+
+    def abort(self) -> None:
+        self.state = _CLOSED
+        if self.tcp is not None:
+            self.tcp.abort()
+
+    def is_closing(self) -> bool:
+        return self.state != _OPEN
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.tcp is not None:
+            self.reading_paused = True
+            self.tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.tcp is not None:
+            self.reading_paused = False
+            self.tcp.resume_reading()
+            if self.state == _OPEN and (self.incoming.pending or self.ssl_pending()):
+                # Records that arrived with the read that paused the app: TCP will not
+                # bring them again.
+                self.loop.call_soon(self._read_if_open)
+
+    def _read_if_open(self) -> None:
+        if self.state == _OPEN and not self.reading_paused:
+            self._read()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.app = protocol
+
+    def get_protocol(self) -> Any:
+        return self.app
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self.tcp is not None:
+            self.tcp.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self.tcp.get_write_buffer_size() if self.tcp is not None else 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self.sslobj
+        if name == "sslcontext":
+            return self.sslobj.context
+        if self.tcp is None:
+            return default
+        return self.tcp.get_extra_info(name, default)
