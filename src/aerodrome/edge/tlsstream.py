@@ -24,19 +24,19 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 # One read's plaintext bound (uvloop's TLS layer reads 256 KiB at a time too).
-READ_SIZE = 256 * 1024
+READ_SIZE: Final = 256 * 1024
 # After a close that may leave the client still sending (a refused request with its body
 # unread), the socket is kept open this long, reading and discarding, so that the client
 # reads the response before a reset can destroy it (nginx's `lingering_timeout`).
-LINGER_SECONDS = 5.0
+LINGER_SECONDS: Final = 5.0
 
-_HANDSHAKE = 0
-_OPEN = 1
-_CLOSING = 2  # close_notify sent; lingering until the client is done, or the timer
-_CLOSED = 3
+_HANDSHAKE: Final = 0
+_OPEN: Final = 1
+_CLOSING: Final = 2  # close_notify sent; lingering until the client is done, or the timer
+_CLOSED: Final = 3
 
 
 class TlsStream:
@@ -121,10 +121,7 @@ class TlsStream:
             self._flush()
             self._close_tcp()
             return
-        if not self.incoming.pending:
-            self._flush()  # the server's last flight, or TLS 1.3's session tickets
-        # Else the client is not waiting for them (it has sent data already): they leave with
-        # the first write, in the same packet.
+        self._flush()  # the server's last flight, or TLS 1.3's session tickets
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -155,11 +152,14 @@ class TlsStream:
         except ssl.SSLError as error:
             self._fail(error)
             return
+        # What OpenSSL wrote while reading (a key update's answer, say) goes out at once.
+        # Holding it for the app's next write saved nothing measurable per new connection and
+        # cost WebSocket echo a quarter of its rate (bench/edge.py, 64 B messages).
+        if self.outgoing.pending:
+            self._flush()
         app = self.app
         if data and app is not None:
-            app.data_received(data)  # what OpenSSL wrote meanwhile leaves with the answer
-        elif self.outgoing.pending:  # a key update's answer, say
-            self._flush()
+            app.data_received(data)
         if peer_done:
             # The client's close_notify: it sends nothing more. The app may still answer
             # what it asked (eof_received returns True), then closes.
