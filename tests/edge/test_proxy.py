@@ -245,27 +245,94 @@ def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_wait
     assert seen_by_app(body)["path"] == "/last"
 
 
+def split_responses(stream: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) of each Content-Length response in `stream`, in order."""
+    responses = []
+    while stream:
+        head, stream = stream.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        responses.append((head, stream[:length]))
+        stream = stream[length:]
+    return responses
+
+
+@pytest.mark.parametrize("then_fin", [False, True], ids=["close_notify", "close_notify+FIN"])
 def test_a_client_that_sends_close_notify_after_its_requests_gets_the_responses(
-    edge: EdgeHarness,
+    edge: EdgeHarness, then_fin: bool
 ) -> None:
-    """TLS lets a client end its side (close_notify) and still read: requests already sent
-    are answered, then the edge closes its side too."""
+    """TLS lets a client end its side (close_notify, and then perhaps a TCP FIN) and still
+    read: requests already sent are answered, then the edge closes its side too."""
     name = host(edge, "web")
     raw, incoming, outgoing, tls = memory_bio_client(edge, name)
-    for path in ("/one", "/two"):
+    for path in ("/sleep/300", "/two"):  # the answers come after the client's end
         tls.write(b"GET %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (path.encode(), name.encode()))
     with pytest.raises(ssl.SSLWantReadError):
         tls.unwrap()  # close_notify written; the edge's is not here yet
     raw.sendall(outgoing.read())
-    stream = read_to_close_notify(raw, incoming, tls)
-    paths = []
-    while stream:
-        head, stream = stream.split(b"\r\n\r\n", 1)
-        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-        assert head.startswith(b"HTTP/1.1 200")
-        paths.append(seen_by_app(stream[:length])["path"])
-        stream = stream[length:]
-    assert paths == ["/one", "/two"]
+    if then_fin:
+        raw.shutdown(socket.SHUT_WR)
+    responses = split_responses(read_to_close_notify(raw, incoming, tls))
+    assert [head.split(b"\r\n", 1)[0] for head, _ in responses] == [b"HTTP/1.1 200 OK"] * 2
+    assert seen_by_app(responses[1][1])["path"] == "/two"
+
+
+def test_what_a_client_sends_after_its_close_notify_is_not_kept(edge: EdgeHarness) -> None:
+    """Bytes after close_notify are never read: a client cannot make the edge hold them
+    (OpenSSL would leave them all in the connection's buffer) while its request is answered.
+    Only the sockets' buffers take some; then the client's sends block."""
+    name = host(edge, "web")
+    raw, incoming, outgoing, tls = memory_bio_client(edge, name)
+    tls.write(b"GET /sleep/1500 HTTP/1.1\r\nHost: %b\r\n\r\n" % name.encode())
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.unwrap()
+    raw.sendall(outgoing.read())
+    raw.settimeout(1.0)
+    junk, sent = bytes(1 << 20), 0
+    with contextlib.suppress(TimeoutError):
+        while sent < 256 << 20:
+            sent += raw.send(junk)
+    assert sent < 64 << 20, f"the edge took {sent >> 20} MiB after the close_notify"
+    raw.settimeout(10)
+    stream = b""
+    with contextlib.suppress(ConnectionResetError):  # the unread junk makes the close a reset
+        while chunk := raw.recv(65536):
+            stream += chunk
+    raw.close()
+    incoming.write(stream)
+    ((head, _),) = split_responses(tls.read(65536))
+    assert head.startswith(b"HTTP/1.1 200")
+    with pytest.raises(ssl.SSLZeroReturnError):  # and then the edge's close_notify
+        tls.read(65536)
+
+
+def test_a_refused_upload_still_sending_is_read_until_the_client_pauses(
+    edge: EdgeHarness,
+) -> None:
+    """A request refused before its body (413) closes the connection, but the edge keeps
+    reading (and dropping) while the client keeps sending, past the 5 s a quiet client gets,
+    so that the client is not reset mid-send before it reads the answer; once the client
+    pauses for 5 s, the edge closes."""
+    name = host(edge, "web")
+    raw, incoming, outgoing, tls = memory_bio_client(edge, name)
+    tls.write(
+        b"POST / HTTP/1.1\r\nHost: %b\r\nContent-Length: %d\r\n\r\n" % (name.encode(), 64 << 20)
+    )
+    raw.sendall(outgoing.read())
+    started = time.monotonic()
+    while time.monotonic() - started < 7.0:  # past LINGER_SECONDS, at a trickle
+        tls.write(bytes(16 << 10))
+        raw.sendall(outgoing.read())  # a reset here (EPIPE, ECONNRESET) fails the test
+        time.sleep(0.25)
+    paused = time.monotonic()
+    raw.settimeout(15)
+    stream = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := raw.recv(65536):  # the answer and close_notify at once; the close later
+            stream += chunk
+    assert 4.0 < time.monotonic() - paused < 8.0
+    raw.close()
+    incoming.write(stream)
+    assert tls.read(65536).startswith(b"HTTP/1.1 413")
 
 
 def test_a_stalled_tls_handshake_is_closed_after_the_header_timeout(edge: EdgeHarness) -> None:

@@ -29,9 +29,14 @@ from typing import Any, Final, cast
 # One read's plaintext bound (uvloop's TLS layer reads 256 KiB at a time too).
 READ_SIZE: Final = 256 * 1024
 # After a close that may leave the client still sending (a refused request with its body
-# unread), the socket is kept open this long, reading and discarding, so that the client
-# reads the response before a reset can destroy it (nginx's `lingering_timeout`).
+# unread), the socket stays open, reading and discarding, so that the client reads the
+# response before a reset can destroy it: until the client has been quiet this long, or at
+# most LINGER_TOTAL_SECONDS (nginx's `lingering_timeout` and `lingering_time`).
 LINGER_SECONDS: Final = 5.0
+LINGER_TOTAL_SECONDS: Final = 30.0
+# A closed connection still sending what it holds is reset after this long: a client that
+# stops reading its last response does not keep the socket and its buffer.
+DRAIN_SECONDS: Final = 30.0
 
 _HANDSHAKE: Final = 0
 _OPEN: Final = 1
@@ -68,6 +73,8 @@ class TlsStream:
         self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.peer_closed = False  # the client's close_notify arrived
+        self.last_read = 0.0  # while lingering
+        self.linger_until = 0.0
 
     # -- the TCP transport's protocol ---------------------------------------------------------
 
@@ -76,15 +83,20 @@ class TlsStream:
         self.timer = self.loop.call_later(self.handshake_timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
+        if self.peer_closed:
+            return  # after the client's close_notify nothing is read, nor kept
         self.incoming.write(data)
         if self.state == _OPEN:
             self._read()
         elif self.state == _HANDSHAKE:
             self._handshake()
         elif self.state == _CLOSING:
+            self.last_read = self.loop.time()
             self._discard()
 
     def eof_received(self) -> bool | None:
+        if self.peer_closed and self.state == _OPEN:
+            return True  # close_notify, then FIN: a clean half-close; the app closes when done
         # A TCP FIN without close_notify: the stream may be truncated. Like the event loop's
         # TLS layer, treat it as a broken connection, not as the client's end of requests.
         self._close_tcp()
@@ -160,10 +172,13 @@ class TlsStream:
         app = self.app
         if data and app is not None:
             app.data_received(data)
-        if peer_done:
-            # The client's close_notify: it sends nothing more. The app may still answer
-            # what it asked (eof_received returns True), then closes.
+        if peer_done and not self.peer_closed:
+            # The client's close_notify: it sends nothing more, and whatever it sends anyway is
+            # not read (OpenSSL would leave it all in the incoming buffer). The app may still
+            # answer what it asked (eof_received returns True), then closes.
             self.peer_closed = True
+            if self.tcp is not None:
+                self.tcp.pause_reading()
             if self.state == _OPEN and (self.app is None or not self.app.eof_received()):
                 self.close(linger=False)
 
@@ -188,17 +203,35 @@ class TlsStream:
         self._close_tcp()
 
     def _close_tcp(self) -> None:
-        if self.state != _CLOSED:
-            self.state = _CLOSED
-            if self.tcp is not None:
-                self.tcp.close()  # sends what it holds first
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        tcp = self.tcp
+        if tcp is not None:
+            holding = tcp.get_write_buffer_size()
+            tcp.close()  # sends what it holds first
+            if holding:
+                self.timer = self.loop.call_later(DRAIN_SECONDS, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
-        if self.state == _HANDSHAKE or self.state == _CLOSING:
-            if self.tcp is not None:
-                self.tcp.abort()
-            self.state = _CLOSED
+        tcp = self.tcp
+        if tcp is None:
+            return
+        if self.state == _CLOSING:
+            now = self.loop.time()
+            until = min(self.last_read + LINGER_SECONDS, self.linger_until)
+            if now < until:  # the client sent something meanwhile
+                self.timer = self.loop.call_later(until - now, self._on_timer)
+            else:
+                self._close_tcp()
+            return
+        # A handshake that did not finish in time, or a close whose client stopped reading.
+        self.state = _CLOSED
+        tcp.abort()
 
     # -- the app's transport ------------------------------------------------------------------
 
@@ -241,6 +274,9 @@ class TlsStream:
             self._close_tcp()
             return
         self.state = _CLOSING
+        now = self.loop.time()
+        self.last_read = now
+        self.linger_until = now + LINGER_TOTAL_SECONDS
         if self.timer is not None:
             self.timer.cancel()
         self.timer = self.loop.call_later(LINGER_SECONDS, self._on_timer)
@@ -263,6 +299,8 @@ class TlsStream:
     def resume_reading(self) -> None:
         if self.reading_paused and self.tcp is not None:
             self.reading_paused = False
+            if self.peer_closed:
+                return  # stays paused: see `_read`
             self.tcp.resume_reading()
             if self.state == _OPEN and (self.incoming.pending or self.ssl_pending()):
                 # Records that arrived with the read that paused the app: TCP will not
