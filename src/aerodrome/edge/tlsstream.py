@@ -262,7 +262,8 @@ class TlsStream:
 
     def close(self, linger: bool = True) -> None:
         """Send close_notify and close. With `linger`, keep reading (and discarding) until
-        the client closes too or `LINGER_SECONDS` pass; without, close the socket at once
+        the client closes too or has been quiet for `LINGER_SECONDS` (`LINGER_TOTAL_SECONDS`
+        at most); without, or once the client's close_notify is in, close the socket at once
         (after what is buffered): for when the client cannot be sending anything more."""
         if self.state != _OPEN:
             return
