@@ -32,6 +32,7 @@ from aerodrome.secrets.values import SecretValue
 from aerodrome.services import Services
 from aerodrome.store.models import App, Release, Token, Upstream
 from aerodrome.store.models import Machine as MachineRow
+from tests.runtime.conftest import process_alive
 
 SERVER = """\
 import http.server, os, pathlib, socket, sys
@@ -736,12 +737,6 @@ def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credent
     )
     gone = Agent(services)  # stands for an agent killed without cleaning up
 
-    def alive(pid: int) -> bool:
-        try:
-            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return False
-
     async def scenario() -> None:
         await settle(gone)
         assert live_credentials(services) == 1 and len(machines(services)) == 1
@@ -749,14 +744,16 @@ def test_an_agent_after_a_crash_drops_the_old_machines_and_revokes_their_credent
         tree = gone.machines_dir / running.machine_id
         stray = int((tree / "app" / "stray.pid").read_text())
         escaped = int((tree / "app" / "escaped.pid").read_text())
-        assert alive(stray) and alive(escaped) and running.machine.process is not None
+        assert running.machine.process is not None
+        assert process_alive(stray) and process_alive(escaped)
         assert os.getsid(escaped) == escaped  # out of the machine's process group
         Agent(services).forget_previous_run()
         assert live_credentials(services) == 0  # what the old machine held opens nothing any more
         assert machines(services) == [] and upstreams(services) == []
         await asyncio.sleep(0.2)
-        assert not alive(stray) and not alive(running.machine.process.pid)  # nothing left
-        assert not alive(escaped)  # not even outside its group: its cgroup held it
+        assert not process_alive(stray)  # nothing left
+        assert not process_alive(running.machine.process.pid)
+        assert not process_alive(escaped)  # not even outside its group: its cgroup held it
         assert not tree.exists()
         await gone.shutdown()
 

@@ -34,6 +34,7 @@ from aerodrome.runtime.machine import (
 )
 from aerodrome.secrets.redact import Redactor
 from aerodrome.secrets.values import SecretValue
+from tests.runtime.conftest import process_alive
 
 CANARY = "canary-4f1c9a2b7e-value/with+chars"
 
@@ -166,13 +167,6 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-
-
 @pytest.fixture
 def machine_cgroups() -> Iterator[MachineCgroups]:
     found, problem = MachineCgroups.open(f"test_{os.getpid()}_{time.monotonic_ns()}")
@@ -213,10 +207,10 @@ def test_a_machine_whose_main_process_exits_ends_though_a_child_holds_its_output
         try:
             for _ in range(100):  # nobody calls wait(): the worker is killed all the same
                 written = worker_pid.exists() and worker_pid.read_text().strip()
-                if written and not _alive(int(worker_pid.read_text())):
+                if written and not process_alive(int(worker_pid.read_text())):
                     break
                 await asyncio.sleep(0.05)
-            assert not _alive(int(worker_pid.read_text())), "the worker outlived its machine"
+            assert not process_alive(int(worker_pid.read_text())), "the worker outlived its machine"
             return await asyncio.wait_for(machine.wait(), 10)
         finally:
             await machine.stop(grace=0)
@@ -224,7 +218,7 @@ def test_a_machine_whose_main_process_exits_ends_though_a_child_holds_its_output
     run = uvloop.run if loop == "uvloop" else asyncio.run
     assert run(go()) == 7
     assert [line.message for line in lines] == ["crashing"]  # its output up to the end
-    assert not _alive(int(worker_pid.read_text()))
+    assert not process_alive(int(worker_pid.read_text()))
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -278,7 +272,7 @@ def test_nothing_of_a_machine_outlives_it_even_outside_its_process_group(
         try:
             escaped = await asyncio.to_thread(_escaped, tmp_path)
             assert machine.process is not None and os.getsid(escaped) != machine.process.pid
-            assert _alive(escaped) and escaped in cgroups.members(cgroup)
+            assert process_alive(escaped) and escaped in cgroups.members(cgroup)
             code = await machine.stop(grace=2) if ending == "stopped" else await machine.wait()
             return escaped, code
         finally:
@@ -287,10 +281,10 @@ def test_nothing_of_a_machine_outlives_it_even_outside_its_process_group(
     escaped, code = asyncio.run(go())
     assert code == (-signal.SIGTERM if ending == "stopped" else 3)
     for _ in range(50):  # SIGKILLed: gone once init has reaped it
-        if not _alive(escaped):
+        if not process_alive(escaped):
             break
         time.sleep(0.02)
-    assert not _alive(escaped), "a process that left the group outlived its machine"
+    assert not process_alive(escaped), "a process that left the group outlived its machine"
     assert cgroup.exists() and cgroups.members(cgroup) == []  # emptied, kept for a restart
 
 

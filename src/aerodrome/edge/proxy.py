@@ -815,10 +815,7 @@ class EdgeProtocol:
             and self.current is None
             and not self.queue
         ):
-            out = self.out
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            transport.write_last(data)
+            transport.write_last(self._take_out())
             return
         self.flush()
         transport.close()
@@ -830,13 +827,18 @@ class EdgeProtocol:
         )
 
     def flush(self) -> None:
-        out = self.out
-        if not out:
+        if not self.out:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        data = self._take_out()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def _take_out(self) -> bytes:
+        """What the connection has to send, as one bytes object (one TLS record when small)."""
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
 
     def _deadline(self, seconds: float, kind: str) -> None:
         """Move the connection's deadline. The one timer never sleeps longer than the header

@@ -128,10 +128,8 @@ class TlsStream:
             self._flush()
             return
         except (ssl.SSLError, ValueError):
-            # No certificate for the name, no shared version or cipher, a bad record: send
-            # the alert OpenSSL wrote, if any, and close.
-            self._flush()
-            self._close_tcp()
+            # No certificate for the name, no shared version or cipher, a bad record.
+            self._fail()
             return
         self._flush()  # the server's last flight, or TLS 1.3's session tickets
         if self.timer is not None:
@@ -161,8 +159,8 @@ class TlsStream:
             pass
         except ssl.SSLZeroReturnError:
             peer_done = True
-        except ssl.SSLError as error:
-            self._fail(error)
+        except ssl.SSLError:
+            self._fail()
             return
         # What OpenSSL wrote while reading (a key update's answer, say) goes out at once.
         # Holding it for the app's next write saved nothing measurable per new connection and
@@ -198,7 +196,7 @@ class TlsStream:
         if self.outgoing.pending and tcp is not None:
             tcp.write(self.outgoing.read())
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self) -> None:
         self._flush()  # OpenSSL's alert, if it wrote one
         self._close_tcp()
 
@@ -236,29 +234,27 @@ class TlsStream:
     # -- the app's transport ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.state != _OPEN or not data:
-            return
-        try:
-            self.ssl_write(data)
-        except ssl.SSLError as error:
-            self._fail(error)
-            return
-        tcp = self.tcp
-        if tcp is not None:
-            tcp.write(self.outgoing.read())
+        if self._encrypt(data) and self.tcp is not None:
+            self.tcp.write(self.outgoing.read())
 
     def write_last(self, data: bytes) -> None:
         """Write `data`, then close_notify, in one write, and close without lingering: for a
         last response when the client cannot be sending anything more."""
-        if self.state != _OPEN:
-            return
-        if data:
-            try:
-                self.ssl_write(data)
-            except ssl.SSLError as error:
-                self._fail(error)
-                return
+        if data and not self._encrypt(data):
+            return  # closed already
         self.close(linger=False)
+
+    def _encrypt(self, data: bytes) -> bool:
+        """Turn `data` into records in the outgoing buffer; False if there was nothing to
+        encrypt, or the connection is not open (any longer)."""
+        if self.state != _OPEN or not data:
+            return False
+        try:
+            self.ssl_write(data)
+        except ssl.SSLError:
+            self._fail()
+            return False
+        return True
 
     def close(self, linger: bool = True) -> None:
         """Send close_notify and close. With `linger`, keep reading (and discarding) until
@@ -328,8 +324,6 @@ class TlsStream:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             return self.sslobj
-        if name == "sslcontext":
-            return self.sslobj.context
         if self.tcp is None:
             return default
         return self.tcp.get_extra_info(name, default)

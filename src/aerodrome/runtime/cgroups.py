@@ -46,8 +46,9 @@ def cgroup2_mount() -> Path | None:
 class MachineCgroups:
     """The cgroups of one agent's machines, under `<cgroup2>/aerodrome/<tag>`."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, mount: Path) -> None:
         self.base = base
+        self.mount = mount  # the cgroup2 hierarchy's, found once
 
     @classmethod
     def open(cls, tag: str) -> tuple[MachineCgroups | None, str]:
@@ -70,7 +71,7 @@ class MachineCgroups:
                 base.rmdir()  # made again with the first machine; kept if leftovers are in it
         except OSError as exc:
             return None, f"cannot manage cgroups under {base} ({exc.strerror or exc})"
-        return cls(base), ""
+        return cls(base, mount), ""
 
     def path(self, org_id: str, machine_id: str) -> Path:
         return self.base / org_id / machine_id
@@ -108,11 +109,8 @@ class MachineCgroups:
     def nft_name(self, org_cgroup: Path) -> tuple[int, str] | None:
         """How nftables' `socket cgroupv2` names `org_cgroup`: its level below the cgroup2
         root, and its path below /sys/fs/cgroup (where nft looks). None if nft cannot."""
-        mount = cgroup2_mount()
-        if mount is None:
-            return None
         try:
-            level = len(org_cgroup.relative_to(mount).parts)
+            level = len(org_cgroup.relative_to(self.mount).parts)
             return level, str(org_cgroup.relative_to(NFT_CGROUP_ROOT))
         except ValueError:
             return None
@@ -121,8 +119,7 @@ class MachineCgroups:
 def prepare(cgroup: Path) -> None:
     """Make the machine's cgroup (again, for a restart); it must hold no process."""
     cgroup.mkdir(parents=True, exist_ok=True)
-    if members(cgroup):
-        kill(cgroup)
+    kill(cgroup)
 
 
 def join(cgroup: Path) -> None:
@@ -175,8 +172,8 @@ def empty(cgroup: Path, timeout: float = 5.0) -> int:
 def remove(cgroup: Path, timeout: float = 5.0) -> int:
     """Kill what is left in `cgroup` and remove it once empty (dying processes take a
     moment to leave). How many processes were killed."""
-    killed = kill(cgroup)
     deadline = time.monotonic() + timeout
+    killed = empty(cgroup, timeout)
     while True:
         try:
             cgroup.rmdir()
@@ -186,5 +183,4 @@ def remove(cgroup: Path, timeout: float = 5.0) -> int:
         except OSError:
             if time.monotonic() > deadline:
                 return killed  # still busy: the next agent start tries again
-            kill(cgroup)
             time.sleep(0.01)
