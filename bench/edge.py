@@ -172,7 +172,25 @@ async def tls_relay(spec: dict[str, Any]) -> None:
     or policy: what uvloop's TLS and the sockets cost by themselves."""
     from aerodrome.edge.tls import hardened_context
 
+    class DirectSSLObject(ssl.SSLObject):
+        """uvloop's TLS layer calls `read`, `write` and `pending` for every record: these
+        are the TLS connection's C methods instead of `SSLObject`'s Python wrappers (about
+        0.3-0.7 µs per request and response), which keeps this reference at its fastest."""
+
+        @property
+        def read(self) -> Callable[..., Any]:
+            return self._sslobj.read  # type: ignore[attr-defined, no-any-return]
+
+        @property
+        def write(self) -> Callable[..., Any]:
+            return self._sslobj.write  # type: ignore[attr-defined, no-any-return]
+
+        @property
+        def pending(self) -> Callable[[], int]:
+            return self._sslobj.pending  # type: ignore[attr-defined, no-any-return]
+
     ctx = hardened_context()
+    ctx.sslobject_class = DirectSSLObject
     ctx.load_cert_chain(spec["chain"], spec["key"])
     loop = asyncio.get_running_loop()
     upstream = ("127.0.0.1", spec["upstream"])

@@ -18,7 +18,8 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from aerodrome.edge.tls import TlsManager, hardened_context
+from aerodrome.edge.tls import TlsManager, hardened_context, server_connection
+from aerodrome.edge.tlsstream import LINGER_SECONDS
 from aerodrome.platform.http_service import Cors, HttpService
 from tests.edge.support import EchoApp, EdgeHarness, start_edge
 
@@ -229,20 +230,32 @@ def read_to_close_notify(raw: socket.socket, incoming: ssl.MemoryBIO, tls: ssl.S
     return response
 
 
+@pytest.mark.parametrize(
+    ("host_header", "status"),
+    [(None, b"200"), ("other.example", b"421")],
+    ids=["proxied", "made-by-the-edge"],
+)
 def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_waiting(
-    edge: EdgeHarness,
+    edge: EdgeHarness, host_header: str | None, status: bytes
 ) -> None:
     """After `Connection: close` the edge sends close_notify and closes the socket itself,
     without waiting for the client's close_notify (this client never sends one; were the
-    edge waiting, the 5 s socket timeout would fail the test). The client still gets the
-    whole response and a clean TLS close."""
+    edge lingering, it would close only after the client had been quiet for
+    `LINGER_SECONDS`, past this socket's timeout). The client still gets the whole response
+    and a clean TLS close. The same for a response the edge makes from the request's head
+    alone (here a 421: the Host is not the name the connection was made for)."""
     name = host(edge, "web")
     raw, incoming, outgoing, tls = memory_bio_client(edge, name)
-    tls.write(b"GET /last HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % name.encode())
+    raw.settimeout(LINGER_SECONDS / 2)
+    tls.write(
+        b"GET /last HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n"
+        % (host_header or name).encode()
+    )
     raw.sendall(outgoing.read())
     head, body = read_to_close_notify(raw, incoming, tls).split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head
-    assert seen_by_app(body)["path"] == "/last"
+    assert head.startswith(b"HTTP/1.1 " + status) and b"connection: close" in head
+    if host_header is None:
+        assert seen_by_app(body)["path"] == "/last"
 
 
 def split_responses(stream: bytes) -> list[tuple[bytes, bytes]]:
@@ -495,18 +508,16 @@ def test_a_browser_leading_with_x25519_gets_no_extra_round_trip(
     assert "Server Temp Key" not in seen and "Cipher is (NONE)" in seen
 
 
-def test_the_event_loop_reads_and_writes_tls_records_without_python_wrappers() -> None:
-    # The edge's contexts hand its TLS layer the TLS connection's own C read, write and
-    # pending (it looks them up once per connection); everything else an SSLObject offers
-    # stays as it was.
-    sslobj = hardened_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
-    assert isinstance(sslobj, ssl.SSLObject)
-    for method in (sslobj.read, sslobj.write, sslobj.pending):
+def test_the_tls_layer_calls_openssl_without_python_wrappers() -> None:
+    # The edge's TLS layer works on the `ssl` module's C object itself: every call it makes
+    # (read and write per record; handshake and close per connection) goes straight to C.
+    conn = server_connection(hardened_context(), ssl.MemoryBIO(), ssl.MemoryBIO())
+    for method in (conn.read, conn.write, conn.pending, conn.do_handshake, conn.shutdown):
         assert type(method).__name__ == "builtin_function_or_method"
-    assert type(ssl.SSLObject.read).__name__ == "function"  # what it replaces: Python
+    assert type(ssl.SSLObject.do_handshake).__name__ == "function"  # what it avoids: Python
     with pytest.raises(ssl.SSLWantReadError):
-        sslobj.read(1024)  # no record yet: the error the loop expects
-    assert sslobj.server_side and sslobj.pending() == 0
+        conn.do_handshake()  # no ClientHello yet: the error the layer expects
+    assert conn.server_side and conn.pending() == 0
 
 
 def test_oversized_headers_431_and_body_413(edge: EdgeHarness) -> None:

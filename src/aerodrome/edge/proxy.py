@@ -101,6 +101,7 @@ class Exchange:
         "route",
         "started",
         "status",
+        "upgrade",
         "upstream",
         "url",
         "websocket",
@@ -121,7 +122,8 @@ class Exchange:
         self.forwarded_for = b""  # a trusted proxy's X-Forwarded-For, with ", "
         self.forwarded_host = b""  # Host without its port, set when the request is routed
         self.keep_alive = True
-        self.websocket = False
+        self.upgrade = False  # an Upgrade header came
+        self.websocket = False  # ... asking for a WebSocket
         self.chunked_in = False
         self.content_length: int | None = None
         self.body_size = 0
@@ -147,10 +149,15 @@ class EdgeProtocol:
         self.worker = worker
         self.config = worker.config
         self.loop = worker.loop
+        self.clock = worker.loop.time  # a bound method: no look-up per call
         self.tls = tls
         self.port = self.config.https_port if tls else self.config.http_port
         self.transport: asyncio.Transport | None = None
+        # The transport again when it is the edge's own TLS layer, whose methods compiled
+        # code calls directly instead of by name.
+        self.stream: TlsStream | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self.feed = self.parser.feed_data
         self.client_ip = ""
         self.client_label = b""  # client_ip as the access log writes it
         self.sni: str | None = None
@@ -163,12 +170,15 @@ class EdgeProtocol:
         # One lazy timer per connection: moving a deadline is an assignment; the timer
         # re-arms itself for the remainder when it fires early.
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_when = 0.0  # when `timer` fires
         self.deadline = 0.0
         self.deadline_kind: str | None = None
         self.out: list[bytes] = []
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_pending = b""
         self.closing = False
+        self.feeding = False  # inside the parser, on a read's bytes
+        self.last_pending = False  # the last response waits for the read's end: `_close_after`
         self.client_eof = False
         self.reading_paused = False
         self.ws_idle: float = 0.0
@@ -184,6 +194,8 @@ class EdgeProtocol:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = stream = cast(asyncio.Transport, transport)  # uvloop's: duck-typed
+        if isinstance(transport, TlsStream):
+            self.stream = transport
         stream.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
@@ -205,6 +217,7 @@ class EdgeProtocol:
         # closed connection (and the TLS objects it references) is freed by reference
         # counting, not left for the cycle collector.
         self.parser = _CLOSED_PARSER
+        self.feed = _CLOSED_PARSER.feed_data
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -256,19 +269,23 @@ class EdgeProtocol:
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            self.last_activity = self.loop.time()
+            self.last_activity = self.clock()
             self.tunnel.send(data)
             return
         if self.closing:
             return
         self.header_bytes += len(data)
+        self.feeding = True
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except httptools.HttpParserUpgrade as upgrade:
+            self.feeding = False
             self.tunnel_pending = data[upgrade.args[0] :]
         except httptools.HttpParserError as error:
+            self.feeding = False
             self._refuse(400, f"malformed request: {error}".split(" (")[0])
         else:
+            self.feeding = False
             # Headers still incomplete after all this data: stop before they grow further.
             current = self.current
             if (
@@ -277,6 +294,10 @@ class EdgeProtocol:
                 and self.header_bytes > self.config.max_header_bytes
             ):
                 self._refuse(431, "request headers are too large")
+        if self.last_pending and self.transport is not None:
+            self.last_pending = False
+            # Quiet if no request began after the last one in this read.
+            self._close(self.transport, quiet=self.current is None)
         if self.out:  # usually empty: the request went upstream
             self.flush()
 
@@ -326,6 +347,7 @@ class EdgeProtocol:
         elif kind == _CONTENT_LENGTH:
             ex.content_length = int(value)
         elif kind == _UPGRADE:  # hop-by-hop; the edge sets its own for a WebSocket
+            ex.upgrade = True
             if value.strip().lower() == b"websocket":
                 ex.websocket = True
             return
@@ -354,7 +376,8 @@ class EdgeProtocol:
         parser = self.parser
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
-        if not parser.should_upgrade():
+        # (llhttp upgrades only for an Upgrade header with Connection: upgrade, or a CONNECT)
+        if not (ex.upgrade or ex.method == b"CONNECT") or not parser.should_upgrade():
             ex.websocket = False  # an Upgrade header alone asks for nothing
         elif not ex.websocket:
             ex.error = (400, "only WebSocket upgrades are supported")
@@ -500,6 +523,7 @@ class EdgeProtocol:
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
         ex.upstream = conn
         conn.client = self
+        conn.fresh = True
         conn.head_request = ex.method == b"HEAD"
         payload = [self._request_head(ex)]
         for chunk in ex.chunks:
@@ -673,7 +697,7 @@ class EdgeProtocol:
         idle = route.service.websocket_idle_timeout if route is not None else 0.0
         if idle:  # every read must note the time: the tunnel stays in Python
             self.ws_idle = idle
-            self.last_activity = self.loop.time()
+            self.last_activity = self.clock()
             self._deadline(idle, "websocket")
         else:
             self._splice(conn)
@@ -688,7 +712,7 @@ class EdgeProtocol:
         upstream.set_protocol(Splice(client.write, conn))
 
     def tunnel_write(self, data: bytes) -> None:
-        self.last_activity = self.loop.time()
+        self.last_activity = self.clock()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
@@ -767,6 +791,8 @@ class EdgeProtocol:
 
     def _refuse(self, status: int, message: str) -> None:
         """A request too broken to route: answer if nothing is in flight, then close."""
+        if self.closing:
+            return  # the connection's last response is made: nothing more is answered
         ex = self.current or Exchange(self.worker.request_id())
         self.current = None
         self.queue.clear()
@@ -809,13 +835,20 @@ class EdgeProtocol:
         a little, reading and discarding, so that a client still sending reads the response
         before a reset could destroy it.
         """
-        if (
-            isinstance(transport, TlsStream)
-            and ex.body_done
-            and self.current is None
-            and not self.queue
-        ):
-            transport.write_last(self._take_out())
+        if self.feeding and self.current is ex and not unread_body(ex):
+            # Answered from its head alone (an edge-made response) while the read holding it
+            # is being parsed: whether anything follows the request is known once the whole
+            # read is (`data_received`).
+            self.last_pending = True
+            return
+        self._close(transport, quiet=ex.body_done and self.current is None)
+
+    def _close(self, transport: asyncio.Transport, quiet: bool) -> None:
+        """Send what is left and close: at once if the client is `quiet` (it cannot be
+        sending anything more) and no request is queued, else lingering."""
+        stream = self.stream
+        if stream is not None and quiet and not self.queue:
+            stream.write_last(self._take_out())
             return
         self.flush()
         transport.close()
@@ -830,7 +863,10 @@ class EdgeProtocol:
         if not self.out:
             return
         data = self._take_out()
-        if self.transport is not None and not self.transport.is_closing():
+        stream = self.stream
+        if stream is not None:
+            stream.write(data)  # (nothing, once it is closing)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def _take_out(self) -> bytes:
@@ -844,15 +880,19 @@ class EdgeProtocol:
         """Move the connection's deadline. The one timer never sleeps longer than the header
         timeout, so the usual deadlines (header, upstream, idle) never need a new timer; only a
         shorter one does."""
-        deadline = self.loop.time() + seconds
+        deadline = self.clock() + seconds
         self.deadline = deadline
         self.deadline_kind = kind
         timer = self.timer
         if timer is not None:
-            if timer.when() <= deadline + 0.05:
+            if self.timer_when <= deadline + 0.05:
                 return
             timer.cancel()
-        self.timer = self.loop.call_later(min(seconds, self.config.header_timeout), self._on_timer)
+        self._arm(min(seconds, self.config.header_timeout))
+
+    def _arm(self, seconds: float) -> None:
+        self.timer = timer = self.loop.call_later(seconds, self._on_timer)
+        self.timer_when = timer.when()
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -862,11 +902,9 @@ class EdgeProtocol:
         deadline = self.deadline
         if kind == "websocket":
             deadline = self.last_activity + self.ws_idle
-        remaining = deadline - self.loop.time()
+        remaining = deadline - self.clock()
         if remaining > 0.001:
-            self.timer = self.loop.call_later(
-                min(remaining, self.config.header_timeout), self._on_timer
-            )
+            self._arm(min(remaining, self.config.header_timeout))
             return
         self.deadline_kind = None
         if kind == "header":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from aerodrome.certs.sslctx import ACME_TLS_ALPN_PROTOCOL, load_cert_chain, server_context
 from aerodrome.edge import openssl, tickets
@@ -36,34 +36,26 @@ TLS12_CIPHERS = ":".join(
 KEY_EXCHANGE_GROUPS = "X25519:P-256:P-384"
 
 
-class DirectSSLObject(ssl.SSLObject):
-    """An `ssl.SSLObject` whose `read`, `write` and `pending` are the C methods of the TLS
-    connection itself. The edge's TLS layer (`tlsstream`) looks them up once per connection
-    and then calls them for every record: through `SSLObject`'s Python wrappers, each call
-    costs an interpreter frame, and the `SSLWantReadError` that ends a read is raised through
-    one (measured in-process: 0.3-0.7 µs per request and response; a WebSocket message takes
-    the same path). They take the same positional arguments. `SSLContext.sslobject_class` is
-    the documented way to choose this class."""
+def server_connection(
+    context: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> Any:
+    """The server side of one TLS connection over two memory BIOs, for the edge's own TLS
+    layer (`tlsstream`): the `ssl` module's C object itself (`_ssl._SSLSocket`, what an
+    `SSLObject` wraps), not an `SSLObject`.
 
-    @property
-    def read(self) -> Callable[..., Any]:
-        raw = getattr(self, "_sslobj", None)  # set by `SSLObject._create` (CPython)
-        return raw.read if raw is not None else super().read
-
-    @property
-    def write(self) -> Callable[..., Any]:
-        raw = getattr(self, "_sslobj", None)
-        return raw.write if raw is not None else super().write
-
-    @property
-    def pending(self) -> Callable[[], int]:
-        raw = getattr(self, "_sslobj", None)
-        return raw.pending if raw is not None else super().pending
+    Every method is then a C call. Through `SSLObject`, creating the connection runs its
+    Python constructor, and each `do_handshake` and `unwrap` (here `shutdown`) an interpreter
+    frame, with the `SSLWantReadError` every handshake and close raises passing through it:
+    per new connection, cold from the handshake, that was a measurable part of the edge's
+    Python time. It has the `SSLObject` methods the edge uses (`read`, `write`, `pending`,
+    `version`, `cipher`, `selected_alpn_protocol`, `session_reused`, `context`), and the SNI
+    callback receives it as its first argument."""
+    wrap = cast(Callable[..., Any], context._wrap_bio)  # type: ignore[attr-defined]
+    return wrap(incoming, outgoing, server_side=True, server_hostname=None)
 
 
 def hardened_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.sslobject_class = DirectSSLObject
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_ciphers(TLS12_CIPHERS)

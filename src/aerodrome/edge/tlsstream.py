@@ -21,10 +21,14 @@ buffer is the only one (so its flow control is the app's).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from aerodrome.edge.tls import server_connection
+
+if TYPE_CHECKING:
+    from aerodrome.edge.proxy import EdgeProtocol
 
 # One read's plaintext bound (uvloop's TLS layer reads 256 KiB at a time too).
 READ_SIZE: Final = 256 * 1024
@@ -54,18 +58,23 @@ class TlsStream:
         self,
         loop: asyncio.AbstractEventLoop,
         context: ssl.SSLContext,
-        app_factory: Callable[[], Any],
+        app_factory: Callable[[], EdgeProtocol],
         handshake_timeout: float,
     ) -> None:
         self.loop = loop
         self.handshake_timeout = handshake_timeout
         self.app_factory = app_factory
-        self.app: Any = None
+        self.app: Any = None  # the protocol above: `edge`, or a WebSocket tunnel's splice
+        self.edge: EdgeProtocol | None = None  # the app while it is the one made here
         self.tcp: asyncio.Transport | None = None
+        self.tcp_write: Callable[[bytes], object] = _no_write
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        # The SSLObject's C methods (see `tls.DirectSSLObject`), looked up once.
+        self.sslobj = server_connection(context, self.incoming, self.outgoing)
+        # The C methods of the BIOs and of the TLS connection, looked up once: compiled code
+        # would otherwise look each up by name on every call.
+        self.bio_write: Callable[[bytes], int] = self.incoming.write
+        self.bio_read: Callable[[], bytes] = self.outgoing.read
         self.ssl_read: Callable[[int], bytes] = self.sslobj.read
         self.ssl_write: Callable[[bytes], int] = self.sslobj.write
         self.ssl_pending: Callable[[], int] = self.sslobj.pending
@@ -79,13 +88,14 @@ class TlsStream:
     # -- the TCP transport's protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.tcp = cast(asyncio.Transport, transport)  # uvloop's TCPTransport
+        self.tcp = tcp = cast(asyncio.Transport, transport)  # uvloop's TCPTransport
+        self.tcp_write = tcp.write
         self.timer = self.loop.call_later(self.handshake_timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
         if self.peer_closed:
             return  # after the client's close_notify nothing is read, nor kept
-        self.incoming.write(data)
+        self.bio_write(data)
         if self.state == _OPEN:
             self._read()
         elif self.state == _HANDSHAKE:
@@ -108,6 +118,8 @@ class TlsStream:
             self.timer.cancel()
             self.timer = None
         app, self.app = self.app, None
+        self.edge = None
+        self.tcp_write = _no_write
         if app is not None:
             app.connection_lost(exc)
 
@@ -137,8 +149,8 @@ class TlsStream:
             self.timer = None
         self.state = _OPEN
         app = self.app_factory()
-        self.app = app
-        app.connection_made(self)
+        self.app = self.edge = app
+        app.connection_made(cast(asyncio.Transport, self))
         if self.state == _OPEN and (self.incoming.pending or self.ssl_pending()):
             self._read()  # the first request often rides with the client's Finished
 
@@ -167,9 +179,12 @@ class TlsStream:
         # cost WebSocket echo a quarter of its rate (bench/edge.py, 64 B messages).
         if self.outgoing.pending:
             self._flush()
-        app = self.app
-        if data and app is not None:
-            app.data_received(data)
+        if data:
+            edge = self.edge
+            if edge is not None:
+                edge.data_received(data)
+            elif self.app is not None:
+                self.app.data_received(data)
         if peer_done and not self.peer_closed:
             # The client's close_notify: it sends nothing more, and whatever it sends anyway is
             # not read (OpenSSL would leave it all in the incoming buffer). The app may still
@@ -192,9 +207,8 @@ class TlsStream:
         self._close_tcp()  # the client's close_notify, or garbage: either way, done
 
     def _flush(self) -> None:
-        tcp = self.tcp
-        if self.outgoing.pending and tcp is not None:
-            tcp.write(self.outgoing.read())
+        if self.outgoing.pending:
+            self.tcp_write(self.bio_read())
 
     def _fail(self) -> None:
         self._flush()  # OpenSSL's alert, if it wrote one
@@ -234,8 +248,8 @@ class TlsStream:
     # -- the app's transport ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._encrypt(data) and self.tcp is not None:
-            self.tcp.write(self.outgoing.read())
+        if self._encrypt(data):
+            self.tcp_write(self.bio_read())
 
     def write_last(self, data: bytes) -> None:
         """Write `data`, then close_notify, in one write, and close without lingering: for a
@@ -263,9 +277,12 @@ class TlsStream:
         (after what is buffered): for when the client cannot be sending anything more."""
         if self.state != _OPEN:
             return
-        # close_notify; unwrap() then complains that the client's is not here yet.
-        with contextlib.suppress(ssl.SSLError, ValueError):
-            self.sslobj.unwrap()
+        # close_notify; shutdown() then complains that the client's is not here yet.
+        # (Not contextlib.suppress: its __exit__ is interpreted Python, once per connection.)
+        try:  # noqa: SIM105
+            self.sslobj.shutdown()
+        except (ssl.SSLError, ValueError):
+            pass
         self._flush()
         if not linger or self.peer_closed:
             self._close_tcp()
@@ -310,6 +327,8 @@ class TlsStream:
 
     def set_protocol(self, protocol: Any) -> None:
         self.app = protocol
+        if protocol is not self.edge:
+            self.edge = None
 
     def get_protocol(self) -> Any:
         return self.app
@@ -322,8 +341,14 @@ class TlsStream:
         return self.tcp.get_write_buffer_size() if self.tcp is not None else 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """`ssl_object` is the TLS connection (see `tls.server_connection`); the rest is the
+        TCP transport's."""
         if name == "ssl_object":
             return self.sslobj
         if self.tcp is None:
             return default
         return self.tcp.get_extra_info(name, default)
+
+
+def _no_write(data: bytes) -> None:
+    """`TlsStream.tcp_write` before the connection is made and after it is lost."""

@@ -43,10 +43,13 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         "chunked",
         "client",
         "closed",
+        "feed",
         "finished",
+        "fresh",
         "has_length",
         "head",
         "head_request",
+        "http11",
         "keep_alive",
         "parser",
         "pool",
@@ -62,6 +65,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.address = address
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.feed = self.parser.feed_data  # looked up once, not by name per call
         self.client: EdgeProtocol | None = None
         self.tunnel: EdgeProtocol | None = None
         # The client whose response this read completed: told once the whole read is parsed.
@@ -75,6 +79,10 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.reused = False
         self.head_request = False
         self.keep_alive = True
+        # Whether the response now being read is HTTP/1.1, by its first bytes (a cheaper test
+        # than the parser's version string); `fresh` until those have been seen.
+        self.fresh = True
+        self.http11 = False
         self.chunked = False
         self.status = 0
 
@@ -96,8 +104,11 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         if client is None:  # bytes on an idle pooled connection: it is not usable
             self.close()
             return
+        if self.fresh:
+            self.fresh = False
+            self.http11 = data.startswith(b"HTTP/1.1 ")  # (else never pooled: see below)
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except httptools.HttpParserUpgrade as upgrade:
             client.upstream_upgraded(self, data[upgrade.args[0] :])
             return
@@ -127,6 +138,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         # The parser holds this protocol's bound methods: drop it so the pair is freed by
         # reference counting instead of waiting for the cycle collector.
         self.parser = _CLOSED
+        self.feed = _CLOSED.feed_data
         if self.tunnel is not None:
             self.tunnel.tunnel_closed()
         elif self.client is not None:
@@ -166,7 +178,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
     def on_headers_complete(self) -> None:
         parser = self.parser
         status = self.status = parser.get_status_code()
-        self.keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+        self.keep_alive = self.http11 and parser.should_keep_alive()
         # (never pool an HTTP/1.0 upstream connection)
         head, self.head = self.head, []
         chunked, self.chunked = self.chunked, False
@@ -179,6 +191,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             # A HEAD response has no body whatever its Content-Length says: finish here and
             # start a fresh parser for the next response on this connection.
             self.parser = httptools.HttpResponseParser(self)
+            self.feed = self.parser.feed_data
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
