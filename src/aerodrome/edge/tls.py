@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from aerodrome.certs.sslctx import ACME_TLS_ALPN_PROTOCOL, load_cert_chain, server_context
 from aerodrome.edge import openssl, tickets
@@ -50,7 +50,7 @@ def server_connection(
     Python time. It has the `SSLObject` methods the edge uses (`read`, `write`, `pending`,
     `version`, `cipher`, `selected_alpn_protocol`, `session_reused`, `context`), and the SNI
     callback receives it as its first argument."""
-    wrap = cast(Callable[..., Any], context._wrap_bio)  # type: ignore[attr-defined]
+    wrap: Callable[..., Any] = context._wrap_bio  # type: ignore[attr-defined]
     return wrap(incoming, outgoing, server_side=True, server_hostname=None)
 
 
