@@ -47,6 +47,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -117,7 +118,7 @@ class Plan:
         return 8 + wrk + stime + ws + idle
 
 
-FULL = Plan(10, 2, 3, 8, 2, 4.0, 1.0, 2, 2, 4, 5000, 4)
+FULL = Plan(10, 2, 5, 8, 3, 4.0, 1.0, 2, 2, 4, 5000, 4)
 QUICK = Plan(4, 1, 1, 3, 1, 2.0, 0.5, 1, 2, 4, 5000, 4)
 
 
@@ -1293,6 +1294,13 @@ class Bench:
     def median(self, proxy: str, metric: str, key: str) -> float:
         return float(statistics.median(r[key] for r in self.runs[proxy][metric]))
 
+    def paired(self, metric: str, key: str) -> float:
+        """The median over rounds of edge/nginx, each round's two figures measured back to
+        back: a drift in the shared machine's load over the run, which the ratio of the two
+        medians takes for a difference between the proxies, cancels within a round."""
+        pairs = zip(self.runs["edge"][metric], self.runs["nginx"][metric], strict=True)
+        return float(statistics.median(e[key] / n[key] if n[key] else math.inf for e, n in pairs))
+
 
 def read_line(proc: subprocess.Popen[bytes], deadline: float) -> str:
     assert proc.stdout is not None
@@ -1322,9 +1330,12 @@ class Row:
     fmt: str
     target: float | None = None
     higher_is_better: bool = True
+    paired: float | None = None  # `Bench.paired`, when each round measured both proxies
 
     @property
     def ratio(self) -> float:
+        if self.paired is not None:
+            return self.paired
         return self.edge / self.nginx if self.nginx else float("inf")
 
     @property
@@ -1350,7 +1361,7 @@ class Row:
 
 
 def build_rows(bench: Bench) -> list[Row]:
-    m = bench.median
+    m, pr = bench.median, bench.paired
     rows = [
         Row(
             "1. HTTPS keep-alive requests/s (wrk -c50)",
@@ -1358,20 +1369,35 @@ def build_rows(bench: Bench) -> list[Row]:
             m("nginx", "wrk", "rps"),
             ",.0f",
             1.0,
+            paired=pr("wrk", "rps"),
         ),
-        Row("   latency p50 (ms)", m("edge", "wrk", "p50_ms"), m("nginx", "wrk", "p50_ms"), ".2f"),
-        Row("   latency p99 (ms)", m("edge", "wrk", "p99_ms"), m("nginx", "wrk", "p99_ms"), ".2f"),
+        Row(
+            "   latency p50 (ms)",
+            m("edge", "wrk", "p50_ms"),
+            m("nginx", "wrk", "p50_ms"),
+            ".2f",
+            paired=pr("wrk", "p50_ms"),
+        ),
+        Row(
+            "   latency p99 (ms)",
+            m("edge", "wrk", "p99_ms"),
+            m("nginx", "wrk", "p99_ms"),
+            ".2f",
+            paired=pr("wrk", "p99_ms"),
+        ),
         Row(
             "   proxy CPU per request (µs)",
             m("edge", "wrk", "cpu_us_per_request"),
             m("nginx", "wrk", "cpu_us_per_request"),
             ".0f",
+            paired=pr("wrk", "cpu_us_per_request"),
         ),
         Row(
             "2. new TLS connections/s, full handshake",
             m("edge", "stime_new", "per_s"),
             m("nginx", "stime_new", "per_s"),
             ",.0f",
+            paired=pr("stime_new", "per_s"),
         ),
         Row(
             "2. new TLS connections/s, with resumption",
@@ -1379,18 +1405,21 @@ def build_rows(bench: Bench) -> list[Row]:
             m("nginx", "stime_reuse", "per_s"),
             ",.0f",
             0.8,
+            paired=pr("stime_reuse", "per_s"),
         ),
         Row(
             "   handshakes resumed (%)",
             100 * m("edge", "stime_reuse", "resumed"),
             100 * m("nginx", "stime_reuse", "resumed"),
             ".0f",
+            paired=pr("stime_reuse", "resumed"),
         ),
         Row(
             "   proxy CPU per connection, full / resumed (µs)",
             m("edge", "stime_new", "cpu_us_per_connection"),
             m("nginx", "stime_new", "cpu_us_per_connection"),
             ".0f",
+            paired=pr("stime_new", "cpu_us_per_connection"),
         ),
     ]
     for size, label in ((64, "64 B"), (16 * 1024, "16 KiB")):
@@ -1402,6 +1431,7 @@ def build_rows(bench: Bench) -> list[Row]:
                 m("nginx", key, "per_s"),
                 ",.0f",
                 1.0,
+                paired=pr(key, "per_s"),
             )
         )
         rows.append(
@@ -1410,6 +1440,7 @@ def build_rows(bench: Bench) -> list[Row]:
                 m("edge", key, "cpu_us_per_message"),
                 m("nginx", key, "cpu_us_per_message"),
                 ".1f",
+                paired=pr(key, "cpu_us_per_message"),
             )
         )
     n = bench.plan.idle_websockets
@@ -1421,6 +1452,7 @@ def build_rows(bench: Bench) -> list[Row]:
             ".1f",
             2.0,
             higher_is_better=False,
+            paired=pr("idle", "pss_per_ws_kib"),
         )
     )
     rows.append(
@@ -1429,6 +1461,7 @@ def build_rows(bench: Bench) -> list[Row]:
             m("edge", "idle", "rss_per_ws_kib"),
             m("nginx", "idle", "rss_per_ws_kib"),
             ".1f",
+            paired=pr("idle", "rss_per_ws_kib"),
         )
     )
     return rows
@@ -1461,9 +1494,8 @@ def render_table(rows: list[Row], bench: Bench) -> str:
             for col, proxy in ((1, "edge"), (2, "nginx")):
                 resumed = bench.median(proxy, "stime_reuse", "cpu_us_per_connection")
                 cells[i][col] = f"{cells[i][col]} / {resumed:.0f}"
-            edge_resumed = bench.median("edge", "stime_reuse", "cpu_us_per_connection")
-            nginx_resumed = bench.median("nginx", "stime_reuse", "cpu_us_per_connection")
-            cells[i][3] = f"{r.ratio:.2f} / {edge_resumed / max(nginx_resumed, 1e-9):.2f}"
+            resumed_ratio = bench.paired("stime_reuse", "cpu_us_per_connection")
+            cells[i][3] = f"{r.ratio:.2f} / {resumed_ratio:.2f}"
     widths = [max(len(row[c]) for row in [header, *cells]) for c in range(len(header))]
 
     def line(row: list[str]) -> str:
@@ -1591,7 +1623,9 @@ def method_text(bench: Bench, machine: Machine, tools: dict[str, str]) -> str:
         f"WebSockets open (one run per proxy, first, on fresh processes); the VmRSS row is the "
         f"same with `/proc/PID/status`. "
         f"Figures are medians over the rounds; the order of the two proxies alternates each "
-        f"round. Proxy CPU is utime+stime of the proxy's processes over the measurement "
+        f"round, and a ratio is the median of the rounds' ratios (each round measures both "
+        f"proxies back to back, so a drift in the shared machine's load cancels within it). "
+        f"Proxy CPU is utime+stime of the proxy's processes over the measurement "
         f"(clock ticks of 1/{CLK_TCK} s), divided by requests, connections or messages. Rows "
         f"without a target are context; for latency, CPU and memory, lower is better."
     )
