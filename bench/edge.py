@@ -4,7 +4,7 @@
     .venv/bin/python bench/edge.py [--quick] [--json] [--workers N] [--write-readme]
                                    [--nginx-ws-buffer SIZE|default] [--keep]
 
-Everything runs on loopback, in one invocation, with bounded durations (about 4 minutes,
+Everything runs on loopback, in one invocation, with bounded durations (about 6 minutes,
 `--quick` about 1 minute):
 
   setup      a throwaway ECDSA P-256 CA and leaf certificates for web.bench.test and
@@ -1652,7 +1652,7 @@ def readme_section(table: str, method: str, notes: list[str], when: str, quick: 
         "",
         "Both proxies terminate TLS for the same two apps on loopback, in front of the same two",
         "upstreams, with the same policies; everything is started, measured and stopped in one",
-        "invocation (about 4 minutes; `--quick` about 1). See the script's docstring for what",
+        "invocation (about 6 minutes; `--quick` about 1). See the script's docstring for what",
         "each scenario does. Ratios are edge/nginx; the targets are the edge's goals, and a",
         "**no** is reported as measured.",
         "",
