@@ -12,7 +12,7 @@ import contextlib
 import socket
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from aerodrome.edge.proxy import EdgeProtocol, Exchange
 
 Address = tuple[str, int]
-MAX_IDLE_PER_ADDRESS = 256
-HIGH_WATER = 256 * 1024
-HOP_BY_HOP = frozenset(
+MAX_IDLE_PER_ADDRESS: Final = 256
+HIGH_WATER: Final = 256 * 1024
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from aerodrome.edge.proxy import EdgeProtocol
 from aerodrome.edge.routes import EdgeConfig, RouteTable
@@ -30,10 +30,24 @@ from aerodrome.ids import new_id
 if TYPE_CHECKING:
     from aerodrome.edge.proxy import Exchange
 
-_JSON_BOOL = {True: b"true", False: b"false"}
-_PLAIN_PATH = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII, no " or \
-ACCESS_LOG_BUFFER = 64 * 1024
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_JSON_BOOL: Final = {True: b"true", False: b"false"}
+_PLAIN_PATH: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII, no " or \
+ACCESS_LOG_BUFFER: Final = 64 * 1024
+LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 # What a worker needs from the store each revision: (table, certificates, tls-alpn challenges).
 Snapshot = tuple[RouteTable, Mapping[str, tuple[bytes, bytes]], Mapping[str, tuple[bytes, bytes]]]
