@@ -84,6 +84,7 @@ class EchoApp(asyncio.Protocol):
 
     in_flight = 0  # `/sleep/N` requests being answered, across connections
     peak = 0
+    connections = 0  # accepted so far: each connection's number is in its answers
 
     def _woken(self) -> None:
         EchoApp.in_flight -= 1
@@ -94,6 +95,8 @@ class EchoApp(asyncio.Protocol):
         )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        EchoApp.connections += 1
+        self.connection = EchoApp.connections
         self.transport = transport  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
         self.headers: list[list[str]] = []
@@ -141,6 +144,12 @@ class EchoApp(asyncio.Protocol):
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal"
             )
             return
+        if path == "/continue-http10":  # an HTTP/1.1 interim response, then an HTTP/1.0 answer
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 5\r\n\r\nfinal"
+            )
+            return
         if path.startswith("/sleep/"):  # answers after N ms, saying how many were in flight
             EchoApp.in_flight += 1
             EchoApp.peak = max(EchoApp.peak, EchoApp.in_flight)
@@ -158,6 +167,7 @@ class EchoApp(asyncio.Protocol):
                 "path": path,
                 "headers": self.headers,
                 "body": self.body.decode("latin-1"),
+                "connection": self.connection,
             }
         ).encode()
         self.transport.write(  # type: ignore[attr-defined]

@@ -258,6 +258,30 @@ def test_a_last_response_ends_with_close_notify_and_the_edge_closes_without_wait
         assert seen_by_app(body)["path"] == "/last"
 
 
+def test_a_close_the_edge_forces_on_a_keep_alive_client_lingers(edge: EdgeHarness) -> None:
+    """A keep-alive client's broken request (here: no Host) gets its 400 and close_notify,
+    but the edge keeps reading (and discarding) instead of closing the socket at once: the
+    client may already be sending its next request, and a reset would destroy the 400."""
+    raw, incoming, outgoing, tls = memory_bio_client(edge, host(edge, "web"))
+    tls.write(b"GET /a HTTP/1.1\r\nX-Note: no Host\r\n\r\n")
+    raw.sendall(outgoing.read())
+    raw.settimeout(1.0)
+    stream, ended = b"", False
+    try:
+        while chunk := raw.recv(65536):
+            stream += chunk
+        ended = True  # the edge closed the TCP stream
+    except TimeoutError:
+        pass
+    raw.close()
+    incoming.write(stream)
+    response = b""
+    while chunk := tls.read(65536):  # b"" at the edge's close_notify (else SSLWantReadError)
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 400") and b"connection: close" in response
+    assert not ended, "the edge closed at once instead of lingering"
+
+
 def split_responses(stream: bytes) -> list[tuple[bytes, bytes]]:
     """(head, body) of each Content-Length response in `stream`, in order."""
     responses = []
@@ -433,6 +457,17 @@ def test_an_interim_100_continue_is_not_taken_for_the_response(edge: EdgeHarness
     assert (status, body) == (200, b"final")
     status, _, body = https(edge, "web", "/after")  # the connection is in step with the app
     assert status == 200 and seen_by_app(body)["path"] == "/after"
+
+
+def test_an_http10_answer_after_an_interim_response_is_not_pooled(edge: EdgeHarness) -> None:
+    """An upstream connection whose final response is HTTP/1.0 is never reused (the edge may
+    send HTTP/1.1-only framing on it), even when an HTTP/1.1 interim response came first."""
+    before = seen_by_app(https(edge, "web", "/before")[2])["connection"]
+    assert https(edge, "web", "/continue-http10")[2] == b"final"
+    after = seen_by_app(https(edge, "web", "/after")[2])["connection"]
+    # The last connection released is the first reused: had the HTTP/1.0 one gone back to the
+    # pool, /after would have come over it, the connection /before used.
+    assert after != before
 
 
 def test_an_app_that_answers_before_the_body_arrives_is_not_reused(edge: EdgeHarness) -> None:

@@ -308,8 +308,8 @@ class EdgeProtocol:
                 self._refuse(431, "request headers are too large")
         if self.last_pending and self.transport is not None:
             self.last_pending = False
-            # Quiet if no request began after the last one in this read.
-            self._close(self.transport, quiet=self.current is None)
+            # Quiet if nothing followed the last request in this read.
+            self._close(self.transport, quiet=self.current is None and not self.tunnel_pending)
         if self.out:  # usually empty: the request went upstream
             self.flush()
 
@@ -846,10 +846,16 @@ class EdgeProtocol:
         a little, reading and discarding, so that a client still sending reads the response
         before a reset could destroy it.
         """
-        if self.feeding and self.current is ex and not unread_body(ex):
+        if (
+            self.feeding
+            and self.current is ex
+            and not unread_body(ex)
+            and not self.parser.should_keep_alive()
+        ):
             # Answered from its head alone (an edge-made response) while the read holding it
-            # is being parsed: whether anything follows the request is known once the whole
-            # read is (`data_received`).
+            # is being parsed, and the client asked to close: whether anything follows the
+            # request is known once the whole read is (`data_received`). A close the edge
+            # forces on a keep-alive client lingers: more requests may be on their way.
             self.last_pending = True
             return
         self._close(transport, quiet=ex.body_done and self.current is None)

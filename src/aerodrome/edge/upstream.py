@@ -50,6 +50,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         "head",
         "head_request",
         "http11",
+        "interim",
         "keep_alive",
         "parser",
         "pool",
@@ -80,9 +81,11 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.head_request = False
         self.keep_alive = True
         # Whether the response now being read is HTTP/1.1, by its first bytes (a cheaper test
-        # than the parser's version string); `fresh` until those have been seen.
+        # than the parser's version string); `fresh` until those have been seen. After an
+        # interim response (100 Continue) the final one's version is the parser's.
         self.fresh = True
         self.http11 = False
+        self.interim = False
         self.chunked = False
         self.status = 0
 
@@ -106,6 +109,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             return
         if self.fresh:
             self.fresh = False
+            self.interim = False
             self.http11 = data.startswith(b"HTTP/1.1 ")  # (else never pooled: see below)
         try:
             self.feed(data)
@@ -178,8 +182,11 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
     def on_headers_complete(self) -> None:
         parser = self.parser
         status = self.status = parser.get_status_code()
-        self.keep_alive = self.http11 and parser.should_keep_alive()
+        http11 = self.http11 if not self.interim else parser.get_http_version() == "1.1"
+        self.keep_alive = http11 and parser.should_keep_alive()
         # (never pool an HTTP/1.0 upstream connection)
+        if status < 200:
+            self.interim = True
         head, self.head = self.head, []
         chunked, self.chunked = self.chunked, False
         has_length, self.has_length = self.has_length, False
