@@ -1327,16 +1327,10 @@ class Row:
     metric: str
     edge: float
     nginx: float
+    ratio: float  # `Bench.paired`: the median of the rounds' ratios, not edge / nginx
     fmt: str
     target: float | None = None
     higher_is_better: bool = True
-    paired: float | None = None  # `Bench.paired`, when each round measured both proxies
-
-    @property
-    def ratio(self) -> float:
-        if self.paired is not None:
-            return self.paired
-        return self.edge / self.nginx if self.nginx else float("inf")
 
     @property
     def met(self) -> bool | None:
@@ -1361,109 +1355,51 @@ class Row:
 
 
 def build_rows(bench: Bench) -> list[Row]:
-    m, pr = bench.median, bench.paired
+    def row(
+        label: str,
+        metric: str,
+        key: str,
+        fmt: str,
+        target: float | None = None,
+        *,
+        scale: float = 1.0,
+        higher_is_better: bool = True,
+    ) -> Row:
+        """One figure of both proxies: their medians, and the median of the rounds' ratios."""
+        return Row(
+            label,
+            scale * bench.median("edge", metric, key),
+            scale * bench.median("nginx", metric, key),
+            bench.paired(metric, key),
+            fmt,
+            target,
+            higher_is_better,
+        )
+
     rows = [
-        Row(
-            "1. HTTPS keep-alive requests/s (wrk -c50)",
-            m("edge", "wrk", "rps"),
-            m("nginx", "wrk", "rps"),
-            ",.0f",
-            1.0,
-            paired=pr("wrk", "rps"),
-        ),
-        Row(
-            "   latency p50 (ms)",
-            m("edge", "wrk", "p50_ms"),
-            m("nginx", "wrk", "p50_ms"),
-            ".2f",
-            paired=pr("wrk", "p50_ms"),
-        ),
-        Row(
-            "   latency p99 (ms)",
-            m("edge", "wrk", "p99_ms"),
-            m("nginx", "wrk", "p99_ms"),
-            ".2f",
-            paired=pr("wrk", "p99_ms"),
-        ),
-        Row(
-            "   proxy CPU per request (µs)",
-            m("edge", "wrk", "cpu_us_per_request"),
-            m("nginx", "wrk", "cpu_us_per_request"),
-            ".0f",
-            paired=pr("wrk", "cpu_us_per_request"),
-        ),
-        Row(
-            "2. new TLS connections/s, full handshake",
-            m("edge", "stime_new", "per_s"),
-            m("nginx", "stime_new", "per_s"),
-            ",.0f",
-            paired=pr("stime_new", "per_s"),
-        ),
-        Row(
-            "2. new TLS connections/s, with resumption",
-            m("edge", "stime_reuse", "per_s"),
-            m("nginx", "stime_reuse", "per_s"),
-            ",.0f",
-            0.8,
-            paired=pr("stime_reuse", "per_s"),
-        ),
-        Row(
-            "   handshakes resumed (%)",
-            100 * m("edge", "stime_reuse", "resumed"),
-            100 * m("nginx", "stime_reuse", "resumed"),
-            ".0f",
-            paired=pr("stime_reuse", "resumed"),
-        ),
-        Row(
+        row("1. HTTPS keep-alive requests/s (wrk -c50)", "wrk", "rps", ",.0f", 1.0),
+        row("   latency p50 (ms)", "wrk", "p50_ms", ".2f"),
+        row("   latency p99 (ms)", "wrk", "p99_ms", ".2f"),
+        row("   proxy CPU per request (µs)", "wrk", "cpu_us_per_request", ".0f"),
+        row("2. new TLS connections/s, full handshake", "stime_new", "per_s", ",.0f"),
+        row("2. new TLS connections/s, with resumption", "stime_reuse", "per_s", ",.0f", 0.8),
+        row("   handshakes resumed (%)", "stime_reuse", "resumed", ".0f", scale=100),
+        row(
             "   proxy CPU per connection, full / resumed (µs)",
-            m("edge", "stime_new", "cpu_us_per_connection"),
-            m("nginx", "stime_new", "cpu_us_per_connection"),
+            "stime_new",
+            "cpu_us_per_connection",
             ".0f",
-            paired=pr("stime_new", "cpu_us_per_connection"),
         ),
     ]
     for size, label in ((64, "64 B"), (16 * 1024, "16 KiB")):
         key = f"ws_{size}"
-        rows.append(
-            Row(
-                f"3. WebSocket echo messages/s, {label}",
-                m("edge", key, "per_s"),
-                m("nginx", key, "per_s"),
-                ",.0f",
-                1.0,
-                paired=pr(key, "per_s"),
-            )
-        )
-        rows.append(
-            Row(
-                f"   proxy CPU per message, {label} (µs)",
-                m("edge", key, "cpu_us_per_message"),
-                m("nginx", key, "cpu_us_per_message"),
-                ".1f",
-                paired=pr(key, "cpu_us_per_message"),
-            )
-        )
+        rows.append(row(f"3. WebSocket echo messages/s, {label}", key, "per_s", ",.0f", 1.0))
+        cpu = f"   proxy CPU per message, {label} (µs)"
+        rows.append(row(cpu, key, "cpu_us_per_message", ".1f"))
     n = bench.plan.idle_websockets
-    rows.append(
-        Row(
-            f"4. memory per idle WebSocket, {n:,} open (KiB, PSS)",
-            m("edge", "idle", "pss_per_ws_kib"),
-            m("nginx", "idle", "pss_per_ws_kib"),
-            ".1f",
-            2.0,
-            higher_is_better=False,
-            paired=pr("idle", "pss_per_ws_kib"),
-        )
-    )
-    rows.append(
-        Row(
-            "   same, from VmRSS (KiB)",
-            m("edge", "idle", "rss_per_ws_kib"),
-            m("nginx", "idle", "rss_per_ws_kib"),
-            ".1f",
-            paired=pr("idle", "rss_per_ws_kib"),
-        )
-    )
+    label = f"4. memory per idle WebSocket, {n:,} open (KiB, PSS)"
+    rows.append(row(label, "idle", "pss_per_ws_kib", ".1f", 2.0, higher_is_better=False))
+    rows.append(row("   same, from VmRSS (KiB)", "idle", "rss_per_ws_kib", ".1f"))
     return rows
 
 
