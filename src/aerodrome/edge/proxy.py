@@ -172,6 +172,7 @@ class EdgeProtocol:
         self.feed = self.parser.feed_data
         self.client_ip = ""
         self.client_label = b""  # client_ip as the access log writes it
+        self.log_tail = b""  # the end of this connection's access-log lines (`Worker.log_tail`)
         self.sni: str | None = None
         self.trusted_peer = False
         self.current: Exchange | None = None  # being parsed
@@ -212,6 +213,7 @@ class EdgeProtocol:
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         self.client_label = self.client_ip.encode()
+        self.log_tail = self.worker.log_tail(self.client_label, self.tls, websocket=False)
         self.trusted_peer = self.client_ip in self.config.trusted_proxies
         if self.tls:
             sslobj = transport.get_extra_info("ssl_object")
@@ -871,10 +873,10 @@ class EdgeProtocol:
         transport.close()
 
     def _log(self, ex: Exchange, websocket: bool = False) -> None:
-        route = ex.route
-        self.worker.record(
-            ex, route.app_label if route else b"-", self.client_label, self.tls, websocket
-        )
+        tail = self.log_tail
+        if websocket:
+            tail = self.worker.log_tail(self.client_label, self.tls, websocket)
+        self.worker.record(ex, ex.route, tail)
 
     def flush(self) -> None:
         if not self.out:

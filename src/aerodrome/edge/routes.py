@@ -49,8 +49,10 @@ class Route:
     # The whole `strict-transport-security` line, ready to append to a response head over
     # TLS (empty when HSTS is off): compiled once per revision, not per response.
     hsts_line: bytes = b""
-    # The app's name as it goes into the access log's JSON string (escaped once, here).
+    # The app's name as it goes into the access log's JSON string (escaped once, here), and
+    # the part of a log line around it.
     app_label: bytes = b""
+    log_app: bytes = b'", "app": "-", "method": "'
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +77,7 @@ def build_route(
         if service.hsts_include_subdomains:
             value += "; includeSubDomains"
         hsts_line = f"strict-transport-security: {value}\r\n".encode()
+    label = json.dumps(app)[1:-1].encode()
     return Route(
         hostname=hostname,
         app=app,
@@ -84,5 +87,6 @@ def build_route(
         cors=CorsPolicy(service.cors, (own,)),
         https_location=own.encode(),
         hsts_line=hsts_line,
-        app_label=json.dumps(app)[1:-1].encode(),
+        app_label=label,
+        log_app=b'", "app": "%b", "method": "' % label,
     )
