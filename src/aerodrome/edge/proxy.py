@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from aerodrome.edge.tlsstream import TlsStream
-from aerodrome.edge.upstream import HIGH_WATER, HOP_BY_HOP, Address, Splice, UpstreamConnection
+from aerodrome.edge.upstream import HIGH_WATER, HOP_BY_HOP, Splice, Upstream, UpstreamConnection
 
 if TYPE_CHECKING:
     from aerodrome.edge.routes import Route, RouteTable
@@ -197,9 +197,11 @@ class EdgeProtocol:
         self.ws_idle: float = 0.0
         self.last_activity = 0.0
         # Keep-alive clients send the same Host each time: (table, Host, hostname, route, Host
-        # without its port) of the last look-up, valid while the worker's table is the same
-        # object.
-        self.host_cache: tuple[RouteTable, bytes, str, Route | None, bytes] | None = None
+        # without its port, the route's upstreams in the pool) of the last look-up, valid
+        # while the worker's table is the same object.
+        self.host_cache: (
+            tuple[RouteTable, bytes, str, Route | None, bytes, tuple[Upstream, ...]] | None
+        ) = None
         # The constant parts of the forwarding headers for this client (see `_request_head`).
         self.forwarded: tuple[bytes, bytes] | None = None
 
@@ -246,7 +248,7 @@ class EdgeProtocol:
             if ex is not None and ex.upstream is not None:
                 conn, ex.upstream = ex.upstream, None
                 conn.client = None
-                self.worker.pool.end(conn.address)
+                self.worker.pool.end(conn.server)
                 conn.close()  # its response will never be read: never reuse it
         self.active = None
         self.queue.clear()
@@ -452,7 +454,9 @@ class EdgeProtocol:
         if cache is None or cache[0] is not table or cache[1] != ex.host:
             host = ex.host.split(b":", 1)[0]
             hostname = host.lower().decode("latin-1")
-            cache = self.host_cache = (table, ex.host, hostname, table.routes.get(hostname), host)
+            found = table.routes.get(hostname)
+            upstreams = self.worker.pool.resolve(found.upstreams) if found is not None else ()
+            cache = self.host_cache = (table, ex.host, hostname, found, host, upstreams)
         hostname, route = cache[2], cache[3]
         ex.forwarded_host = cache[4]
         if not self.tls and ex.url.startswith(ACME_PREFIX):
@@ -480,25 +484,25 @@ class EdgeProtocol:
         if ex.websocket and not route.cors.websocket_origin_allowed(ex.origin):
             self._send_error(ex, 403, "this Origin may not open a WebSocket to this app")
             return
-        if not route.upstreams:
+        upstreams = cache[5]
+        if not upstreams:
             self._send_error(ex, 503, "no machine is serving this app", retry_after=True)
             return
-        self._proxy(ex, route)
+        self._proxy(ex, route, upstreams)
 
-    def _proxy(self, ex: Exchange, route: Route) -> None:
+    def _proxy(self, ex: Exchange, route: Route, upstreams: tuple[Upstream, ...]) -> None:
         pool = self.worker.pool
-        upstreams = route.upstreams
-        address = upstreams[0] if len(upstreams) == 1 else pool.pick(upstreams)
+        upstream = upstreams[0] if len(upstreams) == 1 else pool.pick(upstreams)
         hard = route.service.hard_limit
-        if hard and pool.outstanding[address] >= hard:
+        if hard and upstream.outstanding >= hard:
             # Every machine of the app is at its hard limit: wait in line for the first slot
             # to free (`slot_granted`), or answer 503 at the queue timeout.
             self.waiting = ex
             pool.wait(self, ex, upstreams)
             self._deadline(self.config.queue_timeout, "queue")
             return
-        pool.begin(address)
-        self._use_slot(ex, address)
+        pool.begin(upstream)
+        self._use_slot(ex, upstream)
 
     def _leave_line(self) -> None:
         """Withdraw the waiting request from the line for a slot (its entries there are
@@ -507,29 +511,29 @@ class EdgeProtocol:
             self.waiting.chunks.clear()
             self.waiting = None
 
-    def slot_granted(self, ex: Exchange, address: Address) -> None:
-        """A slot at `address` freed while `ex` waited in line: it is ex's now."""
+    def slot_granted(self, ex: Exchange, upstream: Upstream) -> None:
+        """A slot at `upstream` freed while `ex` waited in line: it is ex's now."""
         self.waiting = None
         self.deadline_kind = None
-        self._use_slot(ex, address)
+        self._use_slot(ex, upstream)
 
-    def _use_slot(self, ex: Exchange, address: Address) -> None:
-        conn = None if ex.websocket else self.worker.pool.take_idle(address)
+    def _use_slot(self, ex: Exchange, upstream: Upstream) -> None:
+        conn = None if ex.websocket else self.worker.pool.take_idle(upstream)
         if conn is not None:
             self._attach(ex, conn)
         else:
-            self.loop.create_task(self._connect(ex, address))
+            self.loop.create_task(self._connect(ex, upstream))
 
-    async def _connect(self, ex: Exchange, address: Address) -> None:
+    async def _connect(self, ex: Exchange, upstream: Upstream) -> None:
         try:
-            conn = await self.worker.pool.connect(address)
+            conn = await self.worker.pool.connect(upstream)
         except (TimeoutError, OSError):
-            self.worker.pool.end(address)
+            self.worker.pool.end(upstream)
             if ex is self.active and not self.closing:
                 self._send_error(ex, 502, "the app is not reachable")
             return
         if ex is not self.active or self.closing:
-            self.worker.pool.end(address)
+            self.worker.pool.end(upstream)
             conn.close()
             return
         self._attach(ex, conn)
@@ -643,7 +647,7 @@ class EdgeProtocol:
         ex.upstream = None
         if unread_body(ex):  # the app answered before it had the whole body: not in step
             conn.close()
-        self.worker.pool.end(conn.address)
+        self.worker.pool.end(conn.server)
         self._finish(ex)
 
     def upstream_failed(self, conn: UpstreamConnection, status: int, message: str) -> None:
@@ -662,9 +666,9 @@ class EdgeProtocol:
             # An idle pooled connection the app had just closed: retry once on a new one,
             # in the same slot.
             ex.retried = True
-            self.loop.create_task(self._connect(ex, conn.address))
+            self.loop.create_task(self._connect(ex, conn.server))
             return
-        self.worker.pool.end(conn.address)
+        self.worker.pool.end(conn.server)
         if ex.response_started:
             ex.keep_alive = False
             self._finish(ex)  # the body was cut: the client sees the connection close
@@ -683,7 +687,7 @@ class EdgeProtocol:
         conn, ex.upstream = ex.upstream, None
         if conn is not None:
             conn.client = None
-            self.worker.pool.end(conn.address)
+            self.worker.pool.end(conn.server)
             conn.close()
 
     # -- WebSocket tunnel ---------------------------------------------------------------------
@@ -697,7 +701,7 @@ class EdgeProtocol:
         conn.client = None
         conn.tunnel = self
         self.tunnel = conn
-        self.worker.pool.end(conn.address)  # a tunnel holds no request slot
+        self.worker.pool.end(conn.server)  # a tunnel holds no request slot
         self.worker.metrics.websockets_open += 1
         self.worker.metrics.websockets_total += 1
         self._log(ex, websocket=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
@@ -37,9 +37,22 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 
+class Upstream:
+    """One upstream address in a worker's pool: its idle connections, the requests holding a
+    slot there, and the requests waiting in line for one. Clients hold these objects (see
+    `UpstreamPool.resolve`), so the request path makes no look-up by address."""
+
+    __slots__ = ("address", "idle", "outstanding", "waiting")
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.idle: list[UpstreamConnection] = []
+        self.outstanding = 0
+        self.waiting: deque[tuple[EdgeProtocol, Exchange]] = deque()
+
+
 class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtocol
     __slots__ = (
-        "address",
         "chunked",
         "client",
         "closed",
@@ -55,15 +68,16 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         "parser",
         "pool",
         "reused",
+        "server",
         "status",
         "stray",
         "transport",
         "tunnel",
     )
 
-    def __init__(self, pool: UpstreamPool, address: Address) -> None:
+    def __init__(self, pool: UpstreamPool, server: Upstream) -> None:
         self.pool = pool
-        self.address = address
+        self.server = server  # the upstream this connection is to
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.feed = self.parser.feed_data  # looked up once, not by name per call
@@ -262,58 +276,65 @@ _CLOSED = httptools.HttpResponseParser(object())
 
 
 class UpstreamPool:
-    """Per-worker keep-alive pools, keyed by address, with outstanding-request counts.
+    """Per-worker keep-alive pools, one `Upstream` per address, with outstanding-request
+    counts.
 
-    A request holds a slot at its upstream's address from `begin` (or a grant) until `end`.
-    When an app's `hard_limit` has every address full, the request waits in line at each of
-    them (`wait`); `end` hands its slot straight to the first one still waiting, so a freed
-    slot is never taken by a later arrival, and nobody polls.
+    A request holds a slot at its upstream from `begin` (or a grant) until `end`. When an
+    app's `hard_limit` has every upstream full, the request waits in line at each of them
+    (`wait`); `end` hands its slot straight to the first one still waiting, so a freed slot is
+    never taken by a later arrival, and nobody polls.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float = 5.0) -> None:
         self.loop = loop
         self.connect_timeout = connect_timeout
-        self.idle: dict[Address, list[UpstreamConnection]] = defaultdict(list)
-        self.outstanding: dict[Address, int] = defaultdict(int)
-        self.waiting: dict[Address, deque[tuple[EdgeProtocol, Exchange]]] = {}
+        self.upstreams: dict[Address, Upstream] = {}
 
-    def pick(self, addresses: tuple[Address, ...]) -> Address:
+    def resolve(self, addresses: tuple[Address, ...]) -> tuple[Upstream, ...]:
+        """The pool's entries for a route's addresses (created on first use)."""
+        upstreams = []
+        for address in addresses:
+            upstream = self.upstreams.get(address)
+            if upstream is None:
+                upstream = self.upstreams[address] = Upstream(address)
+            upstreams.append(upstream)
+        return tuple(upstreams)
+
+    def pick(self, upstreams: tuple[Upstream, ...]) -> Upstream:
         """Least outstanding requests first; ties go to the first registered."""
-        if len(addresses) == 1:
-            return addresses[0]
-        return min(addresses, key=lambda a: self.outstanding[a])
+        best = upstreams[0]
+        for upstream in upstreams:
+            if upstream.outstanding < best.outstanding:
+                best = upstream
+        return best
 
-    def begin(self, address: Address) -> None:
-        self.outstanding[address] += 1
+    def begin(self, upstream: Upstream) -> None:
+        upstream.outstanding += 1
 
-    def end(self, address: Address) -> None:
-        """The request holding a slot at `address` is done with it: the first request still
+    def end(self, upstream: Upstream) -> None:
+        """The request holding a slot at `upstream` is done with it: the first request still
         waiting there takes it over (its count unchanged), else the count goes down."""
-        line = self.waiting.get(address)
+        line = upstream.waiting
         while line:
             client, ex = line.popleft()
             if client.waiting is ex:  # not timed out, not gone, not served elsewhere
-                if not line:
-                    del self.waiting[address]
-                client.slot_granted(ex, address)
+                client.slot_granted(ex, upstream)
                 return
-        if line is not None:
-            del self.waiting[address]
-        self.outstanding[address] -= 1
+        upstream.outstanding -= 1
 
-    def wait(self, client: EdgeProtocol, ex: Exchange, addresses: tuple[Address, ...]) -> None:
-        """Queue `ex` for the first slot to free at any of `addresses`. The client marks it
+    def wait(self, client: EdgeProtocol, ex: Exchange, upstreams: tuple[Upstream, ...]) -> None:
+        """Queue `ex` for the first slot to free at any of `upstreams`. The client marks it
         as `client.waiting`; clearing that withdraws it (entries are dropped lazily)."""
-        for address in addresses:
-            line = self.waiting.setdefault(address, deque())
+        for upstream in upstreams:
+            line = upstream.waiting
             if len(line) >= 64 and len(line) % 64 == 0:  # shed withdrawn entries now and then
                 live = [entry for entry in line if entry[0].waiting is entry[1]]
                 line.clear()
                 line.extend(live)
             line.append((client, ex))
 
-    def take_idle(self, address: Address) -> UpstreamConnection | None:
-        idle = self.idle.get(address)
+    def take_idle(self, upstream: Upstream) -> UpstreamConnection | None:
+        idle = upstream.idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
@@ -321,28 +342,28 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, address: Address) -> UpstreamConnection:
-        conn = UpstreamConnection(self, address)
+    async def connect(self, upstream: Upstream) -> UpstreamConnection:
+        conn = UpstreamConnection(self, upstream)
         await asyncio.wait_for(
-            self.loop.create_connection(lambda: cast(asyncio.Protocol, conn), *address),
+            self.loop.create_connection(lambda: cast(asyncio.Protocol, conn), *upstream.address),
             self.connect_timeout,
         )
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
-        idle = self.idle[conn.address]
+        idle = conn.server.idle
         if len(idle) >= MAX_IDLE_PER_ADDRESS:
             conn.close()
         else:
             idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        idle = self.idle.get(conn.address)
+        idle = conn.server.idle
         if idle and conn in idle:
             idle.remove(conn)
 
     def close_all(self) -> None:
-        for idle in self.idle.values():
-            for conn in idle:
+        for upstream in self.upstreams.values():
+            for conn in upstream.idle:
                 conn.close()
-            idle.clear()
+            upstream.idle.clear()
