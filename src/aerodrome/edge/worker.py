@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +76,12 @@ class Metrics:
         counts = self._counts
         counts[status] = counts.get(status, 0) + 1
         buckets = self._buckets
-        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        index = 0  # the first bucket holding `seconds` (most requests stop at the first)
+        for bound in LATENCY_BUCKETS:
+            if seconds <= bound:
+                break
+            index += 1
+        buckets[index] += 1
         buckets[-1] += seconds
 
     def _select(self, app: bytes) -> None:
@@ -197,6 +201,9 @@ class Worker:
         self._rid_prefix = new_id("req")[4:18].encode()
         self._stamp_second = 0
         self._stamp = b""
+        # The last request target and its log form: a client's requests often repeat one.
+        self._url = b""
+        self._path = b"/"
         # Wall-clock seconds from the monotonic clock the request times already use: one
         # clock read per request. Re-read each second, so a clock step shows within one.
         self._wall_offset = time.time() - time.monotonic()
@@ -223,6 +230,10 @@ class Worker:
                 b'{"time": "%b", "request_id": "'
                 % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)).encode()
             )
+        url = ex.url
+        if url != self._url:
+            self._url = url
+            self._path = log_path(url)
         micros = int(elapsed * 1_000_000)  # milliseconds written from an int: cheaper than %f
         # The method is one llhttp accepted (letters only); the rest is the edge's own.
         self.access_log.add(
@@ -232,7 +243,7 @@ class Worker:
                 ex.request_id,
                 route.log_app if route else _NO_APP,
                 ex.method,
-                log_path(ex.url),
+                self._path,
                 ex.status,
                 ex.out_bytes,
                 micros // 1000,
