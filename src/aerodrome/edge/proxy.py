@@ -402,6 +402,12 @@ class EdgeProtocol:
             ex.error = (400, "the Host header is missing")
         if ex.content_length is not None and ex.content_length > self.config.max_body_bytes:
             ex.error = (413, f"request body is larger than {self.config.max_body_bytes} bytes")
+        if self.active is None and not self.queue and not self.closing:
+            self.active = ex  # (the usual case: nothing in line before it; as `_next` does)
+            if self.reading_paused:
+                self.resume_reading_for_peer()
+            self._dispatch(ex)
+            return
         self.queue.append(ex)
         if len(self.queue) > MAX_QUEUED:
             self.pause_reading_for_peer()
@@ -494,7 +500,7 @@ class EdgeProtocol:
     def _proxy(self, ex: Exchange, route: Route, upstreams: tuple[Upstream, ...]) -> None:
         pool = self.worker.pool
         upstream = upstreams[0] if len(upstreams) == 1 else pool.pick(upstreams)
-        hard = route.service.hard_limit
+        hard = route.hard_limit
         if hard and upstream.outstanding >= hard:
             # Every machine of the app is at its hard limit: wait in line for the first slot
             # to free (`slot_granted`), or answer 503 at the queue timeout.

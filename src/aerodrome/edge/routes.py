@@ -53,6 +53,7 @@ class Route:
     # the part of a log line around it.
     app_label: bytes = b""
     log_app: bytes = b'", "app": "-", "method": "'
+    hard_limit: int = 0  # `service.hard_limit`, read per request: a field of this native class
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,4 +90,5 @@ def build_route(
         hsts_line=hsts_line,
         app_label=label,
         log_app=b'", "app": "%b", "method": "' % label,
+        hard_limit=service.hard_limit,
     )
