@@ -69,7 +69,11 @@ ERROR_CODES: Final = {
     s.value: s.phrase.lower().replace(" ", "_").replace("-", "_").encode() for s in HTTPStatus
 }
 ACME_PREFIX: Final = b"/.well-known/acme-challenge/"
-_monotonic: Final = time.monotonic  # (a C static in the compiled module: no look-up per call)
+# C statics in the compiled module: no look-up by name per call. time.monotonic is the clock the
+# event loop's time() reads too (CLOCK_MONOTONIC; the loop's is cached per iteration), so a
+# reading of either can place a deadline.
+_monotonic: Final = time.monotonic
+_lower: Final = bytes.lower
 MAX_QUEUED: Final = 8
 
 
@@ -321,9 +325,9 @@ class EdgeProtocol:
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.current = ex = Exchange(self.worker.request_id())
         if self.active is None:  # else the active request's upstream deadline stands
-            self._deadline(self.config.header_timeout, "header")
-        self.current = Exchange(self.worker.request_id())
+            self._deadline(self.config.header_timeout, "header", ex.started)
 
     def on_url(self, url: bytes) -> None:
         ex = self.current
@@ -335,7 +339,7 @@ class EdgeProtocol:
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.current
         assert ex is not None
-        lower = name.lower()
+        lower = _lower(name)
         kind = SPECIAL_HEADERS.get(lower)
         if kind is None:
             ex.head += (lower, b": ", value, b"\r\n")
@@ -842,11 +846,11 @@ class EdgeProtocol:
                 self._close_after(ex, self.transport)
             return
         self.flush()
-        self._log(ex)
+        now = self._log(ex)
         if self.queue:
             self._next()
         elif self.current is None:
-            self._deadline(self.config.idle_timeout, "idle")
+            self._deadline(self.config.idle_timeout, "idle", now)
         else:  # the next request is arriving: its headers have the usual time
             self._deadline(self.config.header_timeout, "header")
 
@@ -883,11 +887,12 @@ class EdgeProtocol:
         self.flush()
         transport.close()
 
-    def _log(self, ex: Exchange, websocket: bool = False) -> None:
+    def _log(self, ex: Exchange, websocket: bool = False) -> float:
+        """Count and log the exchange; the clock's reading at its end."""
         tail = self.log_tail
         if websocket:
             tail = self.worker.log_tail(self.client_label, self.tls, websocket)
-        self.worker.record(ex, ex.route, tail)
+        return self.worker.record(ex, ex.route, tail)
 
     def flush(self) -> None:
         if not self.out:
@@ -906,11 +911,12 @@ class EdgeProtocol:
         out.clear()
         return data
 
-    def _deadline(self, seconds: float, kind: str) -> None:
-        """Move the connection's deadline. The one timer never sleeps longer than the header
+    def _deadline(self, seconds: float, kind: str, now: float = -1.0) -> None:
+        """Move the connection's deadline to `seconds` from `now` (a clock reading the caller
+        has; by default, the loop's time). The one timer never sleeps longer than the header
         timeout, so the usual deadlines (header, upstream, idle) never need a new timer; only a
         shorter one does."""
-        deadline = self.clock() + seconds
+        deadline = (self.clock() if now < 0 else now) + seconds
         self.deadline = deadline
         self.deadline_kind = kind
         timer = self.timer

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 Address = tuple[str, int]
 MAX_IDLE_PER_ADDRESS: Final = 256
+_lower: Final = bytes.lower  # (a C static when compiled: no look-up by name per call)
 HIGH_WATER: Final = 256 * 1024
 HOP_BY_HOP: Final = frozenset(
     {
@@ -184,7 +185,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             self.stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
+        lower = _lower(name)
         if lower in HOP_BY_HOP:
             if lower == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()

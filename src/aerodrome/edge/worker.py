@@ -215,14 +215,14 @@ class Worker:
         self._requests += 1
         return b"req_%b%010x" % (self._rid_prefix, self._requests)
 
-    def record(self, ex: Exchange, route: Route | None, tail: bytes) -> None:
+    def record(self, ex: Exchange, route: Route | None, tail: bytes) -> float:
         """Count the finished exchange and log it; `tail` is the end of its log line, the
-        connection's own (`log_tail`)."""
+        connection's own (`log_tail`). Returns the monotonic clock's reading it used."""
         now = _monotonic()
         elapsed = now - ex.started
         self.metrics.observe(route.app_label if route else b"-", ex.status, elapsed)
         if self.access_log.path is None:
-            return
+            return now
         second = int(now + self._wall_offset)
         if second != self._stamp_second:
             self._stamp_second = second
@@ -251,6 +251,7 @@ class Worker:
                 tail,
             )
         )
+        return now
 
     @staticmethod
     def log_tail(client_ip: bytes, tls: bool, websocket: bool) -> bytes:
