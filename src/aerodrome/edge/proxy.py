@@ -145,7 +145,7 @@ class Exchange:
         self.content_length: int | None = None
         self.body_size = 0
         self.body_done = False
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes] | None = None  # body read before an upstream is attached
         self.error: tuple[int, str] | None = None
         self.route: Route | None = None
         self.upstream: UpstreamConnection | None = None
@@ -432,6 +432,8 @@ class EdgeProtocol:
         if ex.upstream is not None:
             ex.upstream.send(b"%x\r\n%b\r\n" % (len(body), body) if ex.chunked_in else body)
         elif ex.error is None:
+            if ex.chunks is None:
+                ex.chunks = []
             ex.chunks.append(body)
             if ex.body_size > HIGH_WATER:  # all of it is buffered until an upstream is attached
                 self.pause_reading_for_peer()
@@ -519,7 +521,7 @@ class EdgeProtocol:
         """Withdraw the waiting request from the line for a slot (its entries there are
         dropped lazily, so let go of its buffered body now)."""
         if self.waiting is not None:
-            self.waiting.chunks.clear()
+            self.waiting.chunks = None
             self.waiting = None
 
     def slot_granted(self, ex: Exchange, upstream: Upstream) -> None:
@@ -554,13 +556,18 @@ class EdgeProtocol:
         conn.client = self
         conn.fresh = True
         conn.head_request = ex.method == b"HEAD"
-        payload = [self._request_head(ex)]
-        for chunk in ex.chunks:
-            payload.append(b"%x\r\n%b\r\n" % (len(chunk), chunk) if ex.chunked_in else chunk)
-        ex.chunks.clear()
-        if ex.body_done and ex.chunked_in:
-            payload.append(b"0\r\n\r\n")
-        conn.send(payload[0] if len(payload) == 1 else b"".join(payload))
+        head = self._request_head(ex)
+        chunks = ex.chunks
+        if chunks is None and not ex.chunked_in:
+            conn.send(head)  # the usual request: no body, or none of it read yet
+        else:
+            payload = [head]
+            for chunk in chunks or ():
+                payload.append(b"%x\r\n%b\r\n" % (len(chunk), chunk) if ex.chunked_in else chunk)
+            ex.chunks = None
+            if ex.body_done and ex.chunked_in:
+                payload.append(b"0\r\n\r\n")
+            conn.send(b"".join(payload))
         self._deadline(self.config.upstream_timeout, "upstream")
         # Reading may have paused while the body was buffered: the upstream takes it now
         # (unless its own buffer is full: then its resume_writing resumes us).
