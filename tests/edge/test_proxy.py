@@ -769,6 +769,43 @@ def test_access_log_has_no_query_strings_or_credentials(edge: EdgeHarness) -> No
     assert line["status"] == 200 and line["app"] == "web" and line["tls"] is True
 
 
+def test_closed_connections_are_freed_without_the_cycle_collector(edge: EdgeHarness) -> None:
+    """A closed connection's protocol, TLS layer and parser reference each other only until
+    the close: a worker must not depend on the cycle collector to get its memory back."""
+    import gc
+
+    from aerodrome.edge.proxy import EdgeProtocol
+    from aerodrome.edge.tlsstream import TlsStream
+
+    def alive() -> int:
+        async def count() -> int:
+            return sum(type(obj) in (EdgeProtocol, TlsStream) for obj in gc.get_objects())
+
+        return int(edge.run(count()))
+
+    name = host(edge, "web")
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()
+        for _ in range(3):
+            assert https(edge, "web", "/kept")[0] == 200  # keep-alive, then the client closes
+            raw_exchange(
+                edge, f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
+            )
+            raw_exchange(edge, f"GET / HTTP/1.1\r\nHost: nobody.{name}\r\n\r\n".encode(), wait=0.2)
+            with ws_connect(edge, f"https://{host(edge, 'ws')}:{edge.config.https_port}") as ws:
+                ws.send("bye")
+                assert ws.recv() is not None
+        deadline = time.monotonic() + 10
+        while edge.worker.metrics.open_connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert edge.worker.metrics.open_connections == 0
+        assert alive() == before
+    finally:
+        gc.enable()
+
+
 def _edge_buffered_bytes(edge: EdgeHarness) -> int:
     import gc
 

@@ -173,8 +173,11 @@ class EdgeProtocol:
         # The transport again when it is the edge's own TLS layer, whose methods compiled
         # code calls directly instead of by name.
         self.stream: TlsStream | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.feed = self.parser.feed_data
+        self.parser = parser = httptools.HttpRequestParser(self)
+        # The parser's methods used per request, looked up once (see `_drop_parser`).
+        self.feed = parser.feed_data
+        self.get_method = parser.get_method
+        self.should_keep_alive = parser.should_keep_alive
         self.client_ip = ""
         self.client_label = b""  # client_ip as the access log writes it
         self.log_tail = b""  # the end of this connection's access-log lines (`Worker.log_tail`)
@@ -237,8 +240,7 @@ class EdgeProtocol:
         # The parser and the timer hold bound methods of this protocol: let go of both, so a
         # closed connection (and the TLS objects it references) is freed by reference
         # counting, not left for the cycle collector.
-        self.parser = _CLOSED_PARSER
-        self.feed = _CLOSED_PARSER.feed_data
+        self._drop_parser()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -257,6 +259,13 @@ class EdgeProtocol:
                 conn.close()  # its response will never be read: never reuse it
         self.active = None
         self.queue.clear()
+
+    def _drop_parser(self) -> None:
+        closed = _CLOSED_PARSER
+        self.parser = closed
+        self.feed = closed.feed_data
+        self.get_method = closed.get_method
+        self.should_keep_alive = closed.should_keep_alive
 
     def eof_received(self) -> bool | None:
         """The client half-closed: answer what it already asked, then close."""
@@ -394,11 +403,10 @@ class EdgeProtocol:
         if self.deadline_kind == "header":  # (a pipelined head: the active request's stands)
             self.deadline_kind = None
         self.header_bytes = 0
-        parser = self.parser
-        ex.method = parser.get_method()
-        ex.keep_alive = parser.should_keep_alive()
+        ex.method = self.get_method()
+        ex.keep_alive = self.should_keep_alive()
         # (llhttp upgrades only for an Upgrade header with Connection: upgrade, or a CONNECT)
-        if not (ex.upgrade or ex.method == b"CONNECT") or not parser.should_upgrade():
+        if not (ex.upgrade or ex.method == b"CONNECT") or not self.parser.should_upgrade():
             ex.websocket = False  # an Upgrade header alone asks for nothing
         elif not ex.websocket:
             ex.error = (400, "only WebSocket upgrades are supported")
@@ -874,7 +882,7 @@ class EdgeProtocol:
             self.feeding
             and self.current is ex
             and not unread_body(ex)
-            and not self.parser.should_keep_alive()
+            and not self.should_keep_alive()
         ):
             # Answered from its head alone (an edge-made response) while the read holding it
             # is being parsed, and the client asked to close: whether anything follows the

@@ -67,6 +67,8 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         "interim",
         "keep_alive",
         "parser",
+        "parser_keep_alive",
+        "parser_status",
         "pool",
         "reused",
         "server",
@@ -80,8 +82,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.pool = pool
         self.server = server  # the upstream this connection is to
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.feed = self.parser.feed_data  # looked up once, not by name per call
+        self._use_parser(httptools.HttpResponseParser(self))
         self.client: EdgeProtocol | None = None
         self.tunnel: EdgeProtocol | None = None
         # The client whose response this read completed: told once the whole read is parsed.
@@ -103,6 +104,14 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.interim = False
         self.chunked = False
         self.status = 0
+
+    def _use_parser(self, parser: httptools.HttpResponseParser) -> None:
+        """Parse with `parser` from now on; its methods used per response are looked up once,
+        here, not by name per call."""
+        self.parser = parser
+        self.feed = parser.feed_data
+        self.parser_status = parser.get_status_code
+        self.parser_keep_alive = parser.should_keep_alive
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -156,8 +165,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.pool.forget(self)
         # The parser holds this protocol's bound methods: drop it so the pair is freed by
         # reference counting instead of waiting for the cycle collector.
-        self.parser = _CLOSED
-        self.feed = _CLOSED.feed_data
+        self._use_parser(_CLOSED)
         if self.tunnel is not None:
             self.tunnel.tunnel_closed()
         elif self.client is not None:
@@ -195,10 +203,9 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.head += (lower, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        status = self.status = parser.get_status_code()
-        http11 = self.http11 if not self.interim else parser.get_http_version() == "1.1"
-        self.keep_alive = http11 and parser.should_keep_alive()
+        status = self.status = self.parser_status()
+        http11 = self.http11 if not self.interim else self.parser.get_http_version() == "1.1"
+        self.keep_alive = http11 and self.parser_keep_alive()
         # (never pool an HTTP/1.0 upstream connection)
         if status < 200:
             self.interim = True
@@ -212,8 +219,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         if self.head_request and status >= 200:
             # A HEAD response has no body whatever its Content-Length says: finish here and
             # start a fresh parser for the next response on this connection.
-            self.parser = httptools.HttpResponseParser(self)
-            self.feed = self.parser.feed_data
+            self._use_parser(httptools.HttpResponseParser(self))
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
