@@ -350,52 +350,52 @@ class EdgeProtocol:
         assert ex is not None
         lower = _lower(name)
         kind = SPECIAL_HEADERS.get(lower)
-        if kind is None:
-            ex.head += (lower, b": ", value, b"\r\n")
-        elif kind == _HOST and not ex.host:  # the usual ones inline, the rest in a call
-            ex.host = value
-            ex.head += (lower, b": ", value, b"\r\n")
-        elif kind == _ORIGIN:
-            ex.origin = value
-            ex.head += (lower, b": ", value, b"\r\n")
-        else:
-            self._special_header(ex, kind, lower, value)
+        if kind is None or self._special_header(ex, kind, lower, value):
+            # Relayed: the line as it goes upstream, in four pieces (appends build no tuple).
+            head = ex.head
+            head.append(lower)
+            head.append(b": ")
+            head.append(value)
+            head.append(b"\r\n")
         ex.header_size += len(name) + len(value) + 4
         if ex.header_size > self.config.max_header_bytes:
             ex.error = (431, "request headers are too large")
 
-    def _special_header(self, ex: Exchange, kind: int, name: bytes, value: bytes) -> None:
+    def _special_header(self, ex: Exchange, kind: int, name: bytes, value: bytes) -> bool:
+        """Take note of a header the edge acts on; whether it is relayed upstream."""
         if kind == _HOST:
             if ex.host:
                 ex.error = (400, "more than one Host header")
             ex.host = value
+        elif kind == _ORIGIN:
+            ex.origin = value
         elif kind == _TRANSFER_ENCODING:  # hop-by-hop: re-framed, never relayed
             if value.strip().lower() != b"chunked":
                 ex.error = (501, "only the chunked transfer coding is supported")
             ex.chunked_in = True
-            return
+            return False
         elif kind == _CONTENT_LENGTH:
             ex.content_length = int(value)
         elif kind == _UPGRADE:  # hop-by-hop; the edge sets its own for a WebSocket
             ex.upgrade = True
             if value.strip().lower() == b"websocket":
                 ex.websocket = True
-            return
+            return False
         elif kind == _HOP:
-            return
+            return False
         elif kind == _FORWARDED:
             # The edge sets these itself. A trusted proxy's X-Forwarded-For is extended and
             # its other forwarding headers are relayed; nobody else's are.
             if not self.trusted_peer:
-                return
+                return False
             if name == b"x-forwarded-for":
                 ex.forwarded_for = value + b", "
-                return
+                return False
         elif kind == _AC_REQUEST_METHOD and ex.ac_request_method is None:
             ex.ac_request_method = value  # the first one counts
         elif kind == _AC_REQUEST_HEADERS and ex.ac_request_headers is None:
             ex.ac_request_headers = value
-        ex.head += (name, b": ", value, b"\r\n")
+        return True
 
     def on_headers_complete(self) -> None:
         ex = self.current

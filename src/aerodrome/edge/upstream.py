@@ -200,7 +200,11 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             return
         if lower == b"content-length":
             self.has_length = True
-        self.head += (lower, b": ", value, b"\r\n")
+        head = self.head  # the line as relayed, in four pieces (appends build no tuple)
+        head.append(lower)
+        head.append(b": ")
+        head.append(value)
+        head.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self.status = self.parser_status()
