@@ -767,7 +767,9 @@ class EdgeProtocol:
     # -- edge-made responses ------------------------------------------------------------------
 
     def _our_headers(self, ex: Exchange, parts: list[bytes]) -> None:
-        parts += [b"aero-request-id: ", ex.request_id, b"\r\n"]
+        parts.append(b"aero-request-id: ")  # (per response: appends build no list)
+        parts.append(ex.request_id)
+        parts.append(b"\r\n")
         route = ex.route
         if route is None:
             return
