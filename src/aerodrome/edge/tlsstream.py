@@ -161,12 +161,16 @@ class TlsStream:
         data = b""
         peer_done = False
         try:
-            while incoming.pending or self.ssl_pending():
+            # (Called with bytes just written to `incoming`, or to try: no test before the
+            # first read. Nothing to read raises SSLWantReadError.)
+            while True:
                 chunk = read(READ_SIZE)
                 if not chunk:
                     peer_done = True
                     break
                 data = data + chunk if data else chunk
+                if not (incoming.pending or self.ssl_pending()):
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
