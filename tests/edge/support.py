@@ -155,6 +155,13 @@ class EchoApp(asyncio.Protocol):
             EchoApp.peak = max(EchoApp.peak, EchoApp.in_flight)
             asyncio.get_running_loop().call_later(int(path.split("/")[2]) / 1000, self._woken)
             return
+        if path == "/hop-headers":  # hop-by-hop headers, spelled three ways, and one to keep
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKEEP-ALIVE: timeout=5\r\n"
+                b"proxy-connection: keep-alive\r\nX-Kept: yes\r\nTransfer-ENCODING: chunked\r\n"
+                b"\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            return
         if path == "/chunked":
             self.transport.write(  # type: ignore[attr-defined]
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -151,16 +151,23 @@ def test_force_https_off_serves_plain_http(edge: EdgeHarness) -> None:
     assert status == 200 and seen_by_app(body)["headers"]["x-forwarded-proto"] == "http"
 
 
-def test_spoofed_forwarded_headers_are_dropped(edge: EdgeHarness) -> None:
+# Header names as clients spell them: the edge looks the usual spellings up as they come and
+# lowers any other, so each must lead to the same treatment.
+SPELLINGS = {"title": str, "lower": str.lower, "odd": str.swapcase}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_spoofed_forwarded_headers_are_dropped(edge: EdgeHarness, spelling: str) -> None:
+    spell = SPELLINGS[spelling]
     _, _, body = https(
         edge,
         "web",
         headers={
-            "X-Forwarded-For": "6.6.6.6",
-            "Aero-Client-IP": "6.6.6.6",
-            "X-Forwarded-Proto": "http",
-            "Aero-Request-Id": "req_forged",
-            "Forwarded": "for=6.6.6.6",
+            spell("X-Forwarded-For"): "6.6.6.6",
+            spell("Aero-Client-IP"): "6.6.6.6",
+            spell("X-Forwarded-Proto"): "http",
+            spell("Aero-Request-Id"): "req_forged",
+            spell("Forwarded"): "for=6.6.6.6",
         },
     )
     seen = seen_by_app(body)["headers"]
@@ -169,6 +176,13 @@ def test_spoofed_forwarded_headers_are_dropped(edge: EdgeHarness) -> None:
     assert seen["x-forwarded-proto"] == "https"
     assert seen["aero-request-id"] != "req_forged"
     assert "forwarded" not in seen
+
+
+def test_hop_by_hop_response_headers_are_not_relayed_however_spelled(edge: EdgeHarness) -> None:
+    status, headers, body = https(edge, "web", "/hop-headers")
+    assert (status, body) == (200, b"hello")  # chunked from the app, framed again by the edge
+    assert headers["x-kept"] == "yes"
+    assert not {"keep-alive", "proxy-connection", "connection"} & set(headers)
 
 
 def test_chunked_responses_and_request_bodies_pass_through(edge: EdgeHarness) -> None:

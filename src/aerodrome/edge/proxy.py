@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from aerodrome.edge.tlsstream import TlsStream
-from aerodrome.edge.upstream import HIGH_WATER, HOP_BY_HOP, Splice, Upstream, UpstreamConnection
+from aerodrome.edge.upstream import (
+    HIGH_WATER,
+    HOP_BY_HOP,
+    Splice,
+    Upstream,
+    UpstreamConnection,
+    header_kind,
+    header_table,
+)
 
 if TYPE_CHECKING:
     from aerodrome.edge.routes import Route, RouteTable
@@ -40,9 +48,9 @@ FORWARDED: Final = frozenset(
         b"aero-request-id",
     }
 )
-# Request headers that need more than relaying, by kind; any other header is relayed as is
-# after one dict look-up. (`Final` throughout: compiled code then reads these as constants,
-# not as module attributes looked up on every use.)
+# Request headers that need more than relaying, by kind; any other header is relayed as is.
+# (`Final` throughout: compiled code then reads these as constants, not as module attributes
+# looked up on every use.)
 _HOST: Final = 0
 _ORIGIN: Final = 1
 _TRANSFER_ENCODING: Final = 2
@@ -52,6 +60,7 @@ _HOP: Final = 5
 _FORWARDED: Final = 6
 _AC_REQUEST_METHOD: Final = 7
 _AC_REQUEST_HEADERS: Final = 8
+_RELAY: Final = -1
 SPECIAL_HEADERS: Final[dict[bytes, int]] = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     **dict.fromkeys(FORWARDED, _FORWARDED),
@@ -63,17 +72,51 @@ SPECIAL_HEADERS: Final[dict[bytes, int]] = {
     b"access-control-request-method": _AC_REQUEST_METHOD,
     b"access-control-request-headers": _AC_REQUEST_HEADERS,
 }
+# The usual spellings of common request header names: one look-up of the name as received
+# gives its kind and lowercase form (`header_table`).
+REQUEST_HEADERS: Final = header_table(
+    SPECIAL_HEADERS,
+    (
+        b"user-agent",
+        b"accept",
+        b"accept-language",
+        b"accept-encoding",
+        b"cookie",
+        b"authorization",
+        b"referer",
+        b"cache-control",
+        b"pragma",
+        b"content-type",
+        b"if-none-match",
+        b"if-modified-since",
+        b"dnt",
+        b"priority",
+        b"sec-fetch-site",
+        b"sec-fetch-mode",
+        b"sec-fetch-dest",
+        b"sec-fetch-user",
+        b"sec-ch-ua",
+        b"sec-ch-ua-mobile",
+        b"sec-ch-ua-platform",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"upgrade-insecure-requests",
+        b"x-requested-with",
+    ),
+    _RELAY,
+)
 STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 # The code an edge-made error's body gives: 404 -> b"not_found".
 ERROR_CODES: Final = {
     s.value: s.phrase.lower().replace(" ", "_").replace("-", "_").encode() for s in HTTPStatus
 }
 ACME_PREFIX: Final = b"/.well-known/acme-challenge/"
-# C statics in the compiled module: no look-up by name per call. time.monotonic is the clock the
-# event loop's time() reads too (CLOCK_MONOTONIC; the loop's is cached per iteration), so a
+# A C static in the compiled module: no look-up by name per call. time.monotonic is the clock
+# the event loop's time() reads too (CLOCK_MONOTONIC; the loop's is cached per iteration), so a
 # reading of either can place a deadline.
 _monotonic: Final = time.monotonic
-_lower: Final = bytes.lower
 MAX_QUEUED: Final = 8
 
 
@@ -348,9 +391,8 @@ class EdgeProtocol:
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.current
         assert ex is not None
-        lower = _lower(name)
-        kind = SPECIAL_HEADERS.get(lower)
-        if kind is None or self._special_header(ex, kind, lower, value):
+        kind, lower = header_kind(REQUEST_HEADERS, SPECIAL_HEADERS, name, _RELAY)
+        if kind == _RELAY or self._special_header(ex, kind, lower, value):
             # Relayed: the line as it goes upstream, in four pieces (appends build no tuple).
             head = ex.head
             head.append(lower)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -35,6 +35,76 @@ HOP_BY_HOP: Final = frozenset(
         b"transfer-encoding",
         b"upgrade",
     }
+)
+
+
+def header_table(
+    kinds: Mapping[bytes, int], common: Iterable[bytes], default: int
+) -> dict[bytes, tuple[int, bytes]]:
+    """Header names as they usually arrive, lowercase or with each word capitalized, mapped
+    to (kind, lowercase name): `kinds`' names and the `common` ones (of kind `default`). One
+    look-up of a name as received then gives both, without lowering it (which allocates);
+    any other spelling is lowered first."""
+    table = {}
+    for lower in (*common, *kinds):
+        entry = (kinds.get(lower, default), lower)
+        table[lower] = entry
+        table[b"-".join(word.capitalize() for word in lower.split(b"-"))] = entry
+    return table
+
+
+def header_kind(
+    table: dict[bytes, tuple[int, bytes]], kinds: dict[bytes, int], name: bytes, default: int
+) -> tuple[int, bytes]:
+    """A header name's kind and lowercase form: from `table` (`header_table`) for the usual
+    spellings, else by lowering it and looking it up in `kinds`."""
+    entry = table.get(name)
+    if entry is not None:
+        return entry
+    lower = _lower(name)
+    return kinds.get(lower, default), lower
+
+
+# What a response header is to the edge (`UpstreamConnection.on_header`).
+_RELAY: Final = 0
+_HOP: Final = 1  # hop-by-hop: not relayed
+_LENGTH: Final = 2
+_CODING: Final = 3  # Transfer-Encoding: hop-by-hop, and whether the body is chunked
+RESPONSE_KINDS: Final[dict[bytes, int]] = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    b"transfer-encoding": _CODING,
+    b"content-length": _LENGTH,
+}
+RESPONSE_HEADERS: Final = header_table(
+    RESPONSE_KINDS,
+    (
+        b"server",
+        b"date",
+        b"content-type",
+        b"cache-control",
+        b"etag",
+        b"last-modified",
+        b"expires",
+        b"vary",
+        b"location",
+        b"set-cookie",
+        b"content-encoding",
+        b"content-language",
+        b"content-disposition",
+        b"accept-ranges",
+        b"age",
+        b"pragma",
+        b"via",
+        b"x-content-type-options",
+        b"x-frame-options",
+        b"x-request-id",
+        b"strict-transport-security",
+        b"content-security-policy",
+        b"referrer-policy",
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+    ),
+    _RELAY,
 )
 
 
@@ -193,12 +263,12 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             self.stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = _lower(name)
-        if lower in HOP_BY_HOP:
-            if lower == b"transfer-encoding":
+        kind, lower = header_kind(RESPONSE_HEADERS, RESPONSE_KINDS, name, _RELAY)
+        if kind != _RELAY:
+            if kind == _CODING:
                 self.chunked = b"chunked" in value.lower()
-            return
-        if lower == b"content-length":
+            if kind != _LENGTH:
+                return  # hop-by-hop
             self.has_length = True
         head = self.head  # the line as relayed, in four pieces (appends build no tuple)
         head.append(lower)
