@@ -1334,9 +1334,11 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        if self.target is None:
-            return None
-        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+        return None if self.target is None else self.meets(self.ratio)
+
+    def meets(self, ratio: float) -> bool:
+        assert self.target is not None
+        return ratio >= self.target if self.higher_is_better else ratio <= self.target
 
     def cells(self) -> list[str]:
         if self.target is None:
@@ -1348,10 +1350,18 @@ class Row:
             self.metric,
             format(self.edge, self.fmt),
             format(self.nginx, self.fmt),
-            f"{self.ratio:.2f}",
+            self.ratio_text(),
             target,
             met,
         ]
+
+    def ratio_text(self) -> str:
+        """Two decimals, or three where two would round across the target (0.996 against
+        1.0 is not met, and reads so)."""
+        text = f"{self.ratio:.2f}"
+        if self.target is not None and self.meets(float(text)) != self.met:
+            text = f"{self.ratio:.3f}"
+        return text
 
 
 def build_rows(bench: Bench) -> list[Row]:
