@@ -67,7 +67,7 @@ class TlsStream:
         self.app: Any = None  # the protocol above: `edge`, or a WebSocket tunnel's splice
         self.edge: EdgeProtocol | None = None  # the app while it is the one made here
         self.tcp: asyncio.Transport | None = None
-        self.tcp_write: Callable[[bytes], object] = _no_write
+        self.tcp_write: Callable[[bytes], object] = no_write
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.sslobj = server_connection(context, self.incoming, self.outgoing)
@@ -119,7 +119,7 @@ class TlsStream:
             self.timer = None
         app, self.app = self.app, None
         self.edge = None
-        self.tcp_write = _no_write
+        self.tcp_write = no_write
         if app is not None:
             app.connection_lost(exc)
 
@@ -354,5 +354,7 @@ class TlsStream:
         return self.tcp.get_extra_info(name, default)
 
 
-def _no_write(data: bytes) -> None:
-    """`TlsStream.tcp_write` before the connection is made and after it is lost."""
+def no_write(data: bytes) -> None:
+    """A transport's bound `write` before the connection is made and after it is lost
+    (`TlsStream.tcp_write`, `UpstreamConnection.write`): no bound method of a closed
+    transport is kept, so no reference cycle either."""

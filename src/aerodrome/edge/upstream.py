@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from aerodrome.edge.tlsstream import no_write
+
 if TYPE_CHECKING:
     from aerodrome.edge.proxy import EdgeProtocol, Exchange
 
@@ -146,12 +148,16 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         "stray",
         "transport",
         "tunnel",
+        "write",
     )
 
     def __init__(self, pool: UpstreamPool, server: Upstream) -> None:
         self.pool = pool
         self.server = server  # the upstream this connection is to
         self.transport: asyncio.Transport | None = None
+        # The transport's `write`, looked up once (compiled code would look it up by name
+        # per call); `no_write` until connected and once lost.
+        self.write: Callable[[bytes], object] = no_write
         self._use_parser(httptools.HttpResponseParser(self))
         self.client: EdgeProtocol | None = None
         self.tunnel: EdgeProtocol | None = None
@@ -187,6 +193,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = stream = cast(asyncio.Transport, transport)  # uvloop's: duck-typed
+        self.write = stream.write
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -232,6 +239,7 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.write = no_write
         self.pool.forget(self)
         # The parser holds this protocol's bound methods: drop it so the pair is freed by
         # reference counting instead of waiting for the cycle collector.
@@ -312,8 +320,8 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
     # -- used by the client side --------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if not self.closed:
+            self.write(data)
 
     def close(self) -> None:
         self.closed = True
