@@ -775,12 +775,18 @@ def test_access_log_has_no_query_strings_or_credentials(edge: EdgeHarness) -> No
     raw_exchange(  # absolute-form, with credentials in its authority
         edge, f"GET https://user:sekrit@{name}/absolute HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
     )
+    raw_exchange(  # no app at this name: logged without one
+        edge, f"GET /unrouted HTTP/1.1\r\nHost: nobody.{name}\r\n\r\n".encode(), wait=0.2
+    )
     edge.worker.access_log.flush()
     log = (edge.snapshot["tmp"] / "access.log").read_text()
     assert '"path": "/logged"' in log and '"path": "/absolute"' in log
     assert "sekrit" not in log
-    line = json.loads(log.strip().splitlines()[-1])
+    lines = [json.loads(text) for text in log.strip().splitlines()]  # every line is JSON
+    line = next(line for line in reversed(lines) if line["path"] == "/absolute")
     assert line["status"] == 200 and line["app"] == "web" and line["tls"] is True
+    unrouted = next(line for line in reversed(lines) if line["path"] == "/unrouted")
+    assert unrouted["app"] == "-" and unrouted["status"] == 421 and unrouted["method"] == "GET"
 
 
 def test_closed_connections_are_freed_without_the_cycle_collector(edge: EdgeHarness) -> None:

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Final
 
 from aerodrome.edge.cors import CorsPolicy
 from aerodrome.platform.http_service import HttpService
+
+
+def log_fragment(app_label: bytes) -> bytes:
+    """The part of an access-log line around the app's name (the rest: `Worker.record`)."""
+    return b'", "app": "%b", "method": "' % app_label
+
+
+NO_APP_LOG: Final = log_fragment(b"-")  # for a request no route took
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class Route:
     # The app's name as it goes into the access log's JSON string (escaped once, here), and
     # the part of a log line around it.
     app_label: bytes = b""
-    log_app: bytes = b'", "app": "-", "method": "'
+    log_app: bytes = NO_APP_LOG
     hard_limit: int = 0  # `service.hard_limit`, read per request: a field of this native class
 
 
@@ -89,6 +98,6 @@ def build_route(
         https_location=own.encode(),
         hsts_line=hsts_line,
         app_label=label,
-        log_app=b'", "app": "%b", "method": "' % label,
+        log_app=log_fragment(label),
         hard_limit=service.hard_limit,
     )

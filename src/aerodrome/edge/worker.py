@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from aerodrome.edge.proxy import EdgeProtocol
-from aerodrome.edge.routes import EdgeConfig, RouteTable
+from aerodrome.edge.routes import NO_APP_LOG, EdgeConfig, RouteTable
 from aerodrome.edge.tls import TlsManager
 from aerodrome.edge.tlsstream import TlsStream
 from aerodrome.edge.upstream import UpstreamPool
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 _JSON_BOOL: Final = {True: b"true", False: b"false"}
 _THOUSANDTHS: Final = tuple(b"%03d" % n for n in range(1000))  # (%03d takes a slow path)
-_NO_APP: Final = b'", "app": "-", "method": "'  # (see `Route.log_app`)
 _monotonic: Final = time.monotonic  # (a C static in the compiled module: no look-up per call)
 _PLAIN_PATH: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII, no " or \
 ACCESS_LOG_BUFFER: Final = 64 * 1024
@@ -245,7 +244,7 @@ class Worker:
             % (
                 self._stamp,
                 ex.request_id,
-                route.log_app if route else _NO_APP,
+                route.log_app if route else NO_APP_LOG,
                 ex.method,
                 self._path,
                 ex.status,
