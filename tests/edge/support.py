@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +315,12 @@ def static_edge(
     try:
         wait_for_port(https)
         wait_for_port(http)
+        # Every worker listening, not just the first: each publishes its counters once it
+        # serves (until then the kernel gives all connections to the others).
+        deadline = time.monotonic() + 30
+        while len(list((tmp / "run").glob("worker-*.json"))) < workers:
+            assert edge.poll() is None and time.monotonic() < deadline, "edge workers not up"
+            time.sleep(0.05)
         yield StaticEdge(https, http, ca.client_context(tmp))
     finally:
         edge.terminate()

@@ -40,7 +40,7 @@ def fetch(
         head = data.partition(b"\r\n\r\n")[0].lower()
         assert head.startswith(b"http/1.1 200 "), head
         request_id = head.split(b"aero-request-id: ", 1)[1].split(b"\r\n", 1)[0]
-        worker = request_id[:-10]  # req_<worker prefix><10-digit counter>
+        worker = request_id[:18]  # req_<14-character worker prefix><counter in hex>
         return tls.session_reused, worker, tls.session
 
 
