@@ -19,6 +19,7 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import InvalidStatus
 
+from tests import wss
 from tests.cli import upstreams
 from tests.cli.conftest import (
     Platform,
@@ -113,14 +114,7 @@ def test_websocket_echo_over_wss_and_refused_from_a_foreign_origin(served: Platf
     ctx = ssl.create_default_context(cafile=served.env["AERO_CA_BUNDLE"])
 
     def connect(origin: str) -> ws_client.ClientConnection:
-        sock = socket.create_connection(("127.0.0.1", https_port), timeout=10)
-        return ws_client.connect(
-            f"wss://{name}:{https_port}/stream",
-            sock=sock,
-            ssl=ctx,
-            server_hostname=name,
-            origin=origin,
-        )  # type: ignore[arg-type]
+        return wss.connect(name, https_port, "/stream", context=ctx, origin=origin)
 
     with connect(f"https://{name}:{https_port}") as ws:
         assert json.loads(ws.recv())["path"] == "/stream"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -25,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from aerodrome import example
 from aerodrome.cli.up import deploy_example
 from aerodrome.config import Settings
+from tests import wss
 from tests.cli.conftest import AERO, free_port, read_env, start_platform, stop_platform
 
 HOST = "hello.localhost"
@@ -142,13 +142,7 @@ def test_the_websocket_echo_works_over_wss_from_its_own_origin_only(first_start:
     trust = ssl.create_default_context(cafile=first_start.env["AERO_CA_BUNDLE"])
 
     def connect(origin: str) -> ws_client.ClientConnection:
-        return ws_client.connect(
-            f"wss://{HOST}:{port}/ws",
-            sock=socket.create_connection(("127.0.0.1", port), timeout=10),
-            ssl=trust,
-            server_hostname=HOST,
-            origin=origin,  # type: ignore[arg-type]
-        )
+        return wss.connect(HOST, port, "/ws", context=trust, origin=origin)
 
     with connect(f"https://{HOST}:{port}") as ws:
         ws.send("hello through the edge")
@@ -169,13 +163,7 @@ def test_a_redeploy_keeps_open_websockets_until_the_old_machine_says_going_away(
     get_page(first_start)
     port = first_start.https_port
     trust = ssl.create_default_context(cafile=first_start.env["AERO_CA_BUNDLE"])
-    with ws_client.connect(
-        f"wss://{HOST}:{port}/ws",
-        sock=socket.create_connection(("127.0.0.1", port), timeout=10),
-        ssl=trust,
-        server_hostname=HOST,
-        origin=f"https://{HOST}:{port}",  # type: ignore[arg-type]
-    ) as ws:
+    with wss.connect(HOST, port, "/ws", context=trust, origin=f"https://{HOST}:{port}") as ws:
         _redeploy_while_open(first_start, ws, tmp_path)
 
 
