@@ -163,6 +163,11 @@ class EchoApp(asyncio.Protocol):
                 b"\r\n5\r\nhello\r\n0\r\n\r\n"
             )
             return
+        if path in SPLIT_HEADS:  # a head in pieces, each its own write, 20 ms apart
+            loop = asyncio.get_running_loop()
+            for i, piece in enumerate(SPLIT_HEADS[path]):
+                loop.call_later(0.02 * i, self.transport.write, piece)  # type: ignore[attr-defined]
+            return
         if path == "/chunked":
             self.transport.write(  # type: ignore[attr-defined]
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -182,6 +187,23 @@ class EchoApp(asyncio.Protocol):
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
             % (len(body), body)
         )
+
+
+# Response heads that reach the edge in several reads: cut inside a name, inside a hop-by-hop
+# line, before the blank line; and an interim response whose final head follows in the next.
+SPLIT_HEADS = {
+    "/split-head": (
+        b"HTTP/1.1 200 OK\r\nX-Fir",
+        b"st: one\r\nConnection: keep-alive\r\nX-Sec",
+        b"ond: two\r\nKeep-Al",
+        b"ive: timeout=5\r\nContent-Length: 4\r\n",
+        b"\r\ndone",
+    ),
+    "/split-continue": (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Af",
+        b"ter: yes\r\nContent-Length: 5\r\n\r\nfinal",
+    ),
+}
 
 
 @dataclass

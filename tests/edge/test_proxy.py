@@ -185,6 +185,24 @@ def test_hop_by_hop_response_headers_are_not_relayed_however_spelled(edge: EdgeH
     assert not {"keep-alive", "proxy-connection", "connection"} & set(headers)
 
 
+def test_a_response_head_split_across_reads_is_relayed_whole(edge: EdgeHarness) -> None:
+    """The edge reads the header lines to relay from the head's raw bytes: a head that
+    arrives in pieces (cut inside a name, a hop-by-hop line, before the blank line) is relayed
+    whole and without its hop-by-hop lines, also when an interim response came first."""
+    status, headers, body = https(edge, "web", "/split-head")
+    assert (status, body) == (200, b"done")
+    assert (headers["x-first"], headers["x-second"], headers["content-length"]) == (
+        "one",
+        "two",
+        "4",
+    )
+    assert not {"connection", "keep-alive"} & set(headers)
+    status, headers, body = https(edge, "web", "/split-continue")
+    assert (status, body, headers["x-after"]) == (200, b"final", "yes")
+    status, _, body = https(edge, "web", "/after")  # the pooled connection is in step
+    assert status == 200 and seen_by_app(body)["path"] == "/after"
+
+
 def test_chunked_responses_and_request_bodies_pass_through(edge: EdgeHarness) -> None:
     status, _, body = https(edge, "web", "/chunked")
     assert (status, body) == (200, b"hello world")

@@ -9,6 +9,9 @@ source tree. `aerodrome.edge` puts the build in front of its own modules only wh
 build's manifest names the very sources on disk (SHA-256 of each) and this interpreter's
 extension suffix: an edited module runs as the Python it now is, never as a stale build.
 Without a build (no C compiler, or `AERO_EDGE_NATIVE=0`) the same modules run as Python.
+
+The modules in `C_MODULES` are written in C and built alongside: each does one loop over bytes
+that compiled Python cannot make fast, and has a Python twin the edge uses without a build.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODULES = ("cors", "routes", "tlsstream", "upstream", "proxy", "worker")
+# Written in C, built alongside (each is a `<name>.c` here): the request path's few loops
+# over bytes that compiled Python cannot make fast (see each one's Python twin).
+C_MODULES = ("_heads",)
 # What the compiled modules import from the rest of aerodrome: mypyc builds in the types it
 # declares, so a build is stale when any of these changes too.
 DEPENDENCIES = ("edge/tls.py", "platform/http_service.py", "platform/http_policy.py", "ids.py")
@@ -44,7 +50,8 @@ def build_root() -> Path:
 def fingerprint() -> dict[str, object]:
     """What a build must match to be used: every compiled source and what they import from
     aerodrome, byte for byte, and the interpreter's ABI (its extension suffix)."""
-    files = [f"edge/{name}.py" for name in MODULES] + list(DEPENDENCIES)
+    files = [f"edge/{name}.py" for name in MODULES] + [f"edge/{name}.c" for name in C_MODULES]
+    files += list(DEPENDENCIES)
     root = PACKAGE_DIR.parent
     sources = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in files}
     return {"ext_suffix": sysconfig.get_config_var("EXT_SUFFIX"), "sources": sources}
@@ -64,7 +71,7 @@ def compiled_dir() -> Path | None:
         return None
     # All or nothing: a compiled module next to a Python one of the same group would break.
     suffix = str(current["ext_suffix"])
-    names = (*MODULES, GROUP.rsplit(".", 1)[1] + "__mypyc")
+    names = (*MODULES, *C_MODULES, GROUP.rsplit(".", 1)[1] + "__mypyc")
     return directory if all((directory / f"{n}{suffix}").is_file() for n in names) else None
 
 
@@ -85,12 +92,17 @@ def build(root: Path, *, quiet: bool = True) -> None:
         work = Path(tmp)
         script = work / "setup.py"
         sources = [str(PACKAGE_DIR / f"{name}.py") for name in MODULES]
+        c_modules = [
+            (f"aerodrome.edge.{name}", str(PACKAGE_DIR / f"{name}.c")) for name in C_MODULES
+        ]
         script.write_text(
             "import sys\n"
-            "from setuptools import setup\n"
+            "from setuptools import Extension, setup\n"
             "from mypyc.build import mypycify\n"
+            f"c_modules = [Extension(name, [source], extra_compile_args=['-O2'])"
+            f" for name, source in {c_modules!r}]\n"
             f"setup(name='aerodrome-edge-native', ext_modules=mypycify({sources!r}, "
-            f"opt_level='3', group_name={GROUP!r}, target_dir={str(work / 'c')!r}), "
+            f"opt_level='3', group_name={GROUP!r}, target_dir={str(work / 'c')!r}) + c_modules, "
             f"script_args=['build_ext', '--build-lib', {str(work / 'lib')!r}, "
             f"'--build-temp', {str(work / 'tmp')!r}])\n"
         )
@@ -106,8 +118,8 @@ def build(root: Path, *, quiet: bool = True) -> None:
         if done.returncode != 0:
             raise RuntimeError((done.stdout + done.stderr).strip()[-4000:])
         built = sorted((work / "lib" / "aerodrome" / "edge").glob("*.so"))
-        if len(built) != len(MODULES) + 1:  # the modules and the group's shared runtime
-            raise RuntimeError(f"mypyc built {[p.name for p in built]}, not {MODULES}")
+        if len(built) != len(MODULES) + len(C_MODULES) + 1:  # and the group's shared runtime
+            raise RuntimeError(f"built {[p.name for p in built]}, not {MODULES + C_MODULES}")
         if fingerprint() != wanted:
             raise RuntimeError("the sources changed while compiling; run the build again")
         staging = root.with_name(root.name + ".new")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, cast
 
@@ -24,8 +25,6 @@ from aerodrome.edge.upstream import (
     Splice,
     Upstream,
     UpstreamConnection,
-    header_kind,
-    header_table,
 )
 
 if TYPE_CHECKING:
@@ -33,6 +32,36 @@ if TYPE_CHECKING:
     from aerodrome.edge.worker import Worker
 
 Headers = list[tuple[bytes, bytes]]
+
+_lower: Final = bytes.lower  # (a C static when compiled: no look-up by name per call)
+
+
+def header_table(
+    kinds: Mapping[bytes, int], common: Iterable[bytes], default: int
+) -> dict[bytes, tuple[int, bytes]]:
+    """Header names as they usually arrive, lowercase or with each word capitalized, mapped
+    to (kind, lowercase name): `kinds`' names and the `common` ones (of kind `default`). One
+    look-up of a name as received then gives both, without lowering it (which allocates);
+    any other spelling is lowered first."""
+    table = {}
+    for lower in (*common, *kinds):
+        entry = (kinds.get(lower, default), lower)
+        table[lower] = entry
+        table[b"-".join(word.capitalize() for word in lower.split(b"-"))] = entry
+    return table
+
+
+def header_kind(
+    table: dict[bytes, tuple[int, bytes]], kinds: dict[bytes, int], name: bytes, default: int
+) -> tuple[int, bytes]:
+    """A header name's kind and lowercase form: from `table` (`header_table`) for the usual
+    spellings, else by lowering it and looking it up in `kinds`."""
+    entry = table.get(name)
+    if entry is not None:
+        return entry
+    lower = _lower(name)
+    return kinds.get(lower, default), lower
+
 
 # Headers the edge sets itself; copies from an untrusted client are dropped.
 FORWARDED: Final = frozenset(

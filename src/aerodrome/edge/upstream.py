@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 Address = tuple[str, int]
 MAX_IDLE_PER_ADDRESS: Final = 256
-_lower: Final = bytes.lower  # (a C static when compiled: no look-up by name per call)
 HIGH_WATER: Final = 256 * 1024
 HOP_BY_HOP: Final = frozenset(
     {
@@ -40,74 +39,65 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 
-def header_table(
-    kinds: Mapping[bytes, int], common: Iterable[bytes], default: int
-) -> dict[bytes, tuple[int, bytes]]:
-    """Header names as they usually arrive, lowercase or with each word capitalized, mapped
-    to (kind, lowercase name): `kinds`' names and the `common` ones (of kind `default`). One
-    look-up of a name as received then gives both, without lowering it (which allocates);
-    any other spelling is lowered first."""
-    table = {}
-    for lower in (*common, *kinds):
-        entry = (kinds.get(lower, default), lower)
-        table[lower] = entry
-        table[b"-".join(word.capitalize() for word in lower.split(b"-"))] = entry
-    return table
+# Response header lines the edge does not relay (Transfer-Encoding among them: the edge
+# frames the body it relays itself), lowercase, for `header_lines`.
+LEFT_OUT: Final = tuple(sorted(HOP_BY_HOP))
 
 
-def header_kind(
-    table: dict[bytes, tuple[int, bytes]], kinds: dict[bytes, int], name: bytes, default: int
-) -> tuple[int, bytes]:
-    """A header name's kind and lowercase form: from `table` (`header_table`) for the usual
-    spellings, else by lowering it and looking it up in `kinds`."""
-    entry = table.get(name)
-    if entry is not None:
-        return entry
-    lower = _lower(name)
-    return kinds.get(lower, default), lower
+def header_lines(
+    raw: bytes, start: int, cut: tuple[bytes, ...]
+) -> tuple[int, list[bytes], bool, bool]:
+    """Read the header lines of the response head at `raw[start:]`, which the parser has
+    accepted whole (each line ends in CRLF; each header line is `name:value`).
+
+    Returns where a message after this head would begin, the header lines to relay as pieces
+    of `raw` (runs of whole lines, as the app wrote them, with the lines whose lowercase name
+    is in `cut` left out), whether the head has a Content-Length, and whether its
+    Transfer-Encoding (the last, if several) names chunked. Raises ValueError if the head is
+    not whole after all.
+
+    `_heads.c` is the same function in C, which the compiled edge uses: in compiled Python
+    each `bytes.find` or `index` is a generic call that parses its arguments, and a scan
+    written with them costs more than httptools' call per header line (docs/decisions/0008).
+    """
+    while raw.startswith(b"\r\n", start):  # empty lines before a message: the parser skips them
+        start += 2
+    pos = raw.index(b"\n", start) + 1  # after the status line
+    pieces: list[bytes] = []
+    kept = pos  # the start of the lines kept and not yet in `pieces`
+    has_length = chunked = False
+    while not raw.startswith(b"\r\n", pos):
+        after = raw.index(b"\n", pos) + 1
+        colon = raw.index(b":", pos, after)
+        name = raw[pos:colon].lower()
+        if name == b"content-length":
+            has_length = True
+        else:
+            if name == b"transfer-encoding":
+                chunked = b"chunked" in raw[colon:after].lower()
+            if name in cut:
+                if kept < pos:
+                    pieces.append(raw[kept:pos])
+                kept = after
+        pos = after
+    if kept < pos:
+        pieces.append(raw[kept:pos])
+    return pos + 2, pieces, has_length, chunked
 
 
-# What a response header is to the edge (`UpstreamConnection.on_header`).
-_RELAY: Final = 0
-_HOP: Final = 1  # hop-by-hop: not relayed
-_LENGTH: Final = 2
-_CODING: Final = 3  # Transfer-Encoding: hop-by-hop, and whether the body is chunked
-RESPONSE_KINDS: Final[dict[bytes, int]] = {
-    **dict.fromkeys(HOP_BY_HOP, _HOP),
-    b"transfer-encoding": _CODING,
-    b"content-length": _LENGTH,
-}
-RESPONSE_HEADERS: Final = header_table(
-    RESPONSE_KINDS,
-    (
-        b"server",
-        b"date",
-        b"content-type",
-        b"cache-control",
-        b"etag",
-        b"last-modified",
-        b"expires",
-        b"vary",
-        b"location",
-        b"set-cookie",
-        b"content-encoding",
-        b"content-language",
-        b"content-disposition",
-        b"accept-ranges",
-        b"age",
-        b"pragma",
-        b"via",
-        b"x-content-type-options",
-        b"x-frame-options",
-        b"x-request-id",
-        b"strict-transport-security",
-        b"content-security-policy",
-        b"referrer-policy",
-        b"access-control-allow-origin",
-        b"access-control-allow-credentials",
-    ),
-    _RELAY,
-)
+def _header_lines_built() -> Callable[
+    [bytes, int, tuple[bytes, ...]], tuple[int, list[bytes], bool, bool]
+]:
+    """`_heads.c`'s `header_lines` when it is built (with the compiled modules), else the
+    Python one."""
+    try:
+        from aerodrome.edge._heads import header_lines as built
+    except ImportError:
+        return header_lines
+    return built
+
+
+READ_HEADER_LINES: Final = _header_lines_built()
 
 
 class Upstream:
@@ -126,22 +116,22 @@ class Upstream:
 
 class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtocol
     __slots__ = (
-        "chunked",
         "client",
         "closed",
         "feed",
         "finished",
         "fresh",
-        "has_length",
-        "head",
         "head_request",
         "http11",
+        "in_head",
         "interim",
         "keep_alive",
         "parser",
         "parser_keep_alive",
         "parser_status",
         "pool",
+        "raw",
+        "raw_start",
         "reused",
         "server",
         "status",
@@ -164,10 +154,12 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         # The client whose response this read completed: told once the whole read is parsed.
         self.finished: EdgeProtocol | None = None
         self.stray = False  # bytes came after a complete response: never reuse
-        # The response's header lines as they will be relayed (hop-by-hop ones left out),
-        # as the pieces the client side joins into its next write.
-        self.head: list[bytes] = []
-        self.has_length = False
+        # The bytes holding the response head being read, from `raw_start` on: the read being
+        # parsed or, for a head split across reads, the head's part from earlier reads and
+        # this read. Let go of once a read is parsed, unless a head is still arriving.
+        self.raw = b""
+        self.raw_start = 0
+        self.in_head = False  # a message has begun and its head is not all in yet
         self.closed = False
         self.reused = False
         self.head_request = False
@@ -178,7 +170,6 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
         self.fresh = True
         self.http11 = False
         self.interim = False
-        self.chunked = False
         self.status = 0
 
     def _use_parser(self, parser: httptools.HttpResponseParser) -> None:
@@ -212,17 +203,26 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             self.fresh = False
             self.interim = False
             self.http11 = data.startswith(b"HTTP/1.1 ")  # (else never pooled: see below)
+        if self.in_head:  # a head begun in an earlier read
+            self.raw = self.raw[self.raw_start :] + data
+        else:
+            self.raw = data
+        self.raw_start = 0
         try:
             self.feed(data)
         except httptools.HttpParserUpgrade as upgrade:
+            self.raw = b""
             client.upstream_upgraded(self, data[upgrade.args[0] :])
             return
-        except httptools.HttpParserError:
+        except httptools.HttpParserError:  # (a callback's error too, `header_lines`' among them)
+            self.raw = b""
             self.finished = None
             self.close()
             client.upstream_failed(self, 502, "the app sent an invalid HTTP response")
             client.flush()
             return
+        if not self.in_head:
+            self.raw = b""  # (a read may be a large part of a body: not held on to)
         finished = self.finished
         if finished is not None:
             # The response is complete and this read parsed to its end. Back to the pool
@@ -264,36 +264,28 @@ class UpstreamConnection:  # an asyncio.Protocol by its methods: see EdgeProtoco
             peer.resume_reading_for_peer()
 
     # -- httptools callbacks ------------------------------------------------------------------
-    # The per-response state is reset in on_headers_complete.
+    # No `on_header`: without one, httptools makes no call per header line. The parser still
+    # checks each line (a bare CR or LF, obsolete line folding, a bad name or value: an
+    # invalid response) and the framing; once it has the whole head, `header_lines` reads the
+    # lines to relay from the raw bytes.
 
     def on_message_begin(self) -> None:
+        self.in_head = True
         if self.client is None:  # a message after the response, in the same read
             self.stray = True
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        kind, lower = header_kind(RESPONSE_HEADERS, RESPONSE_KINDS, name, _RELAY)
-        if kind != _RELAY:
-            if kind == _CODING:
-                self.chunked = b"chunked" in value.lower()
-            if kind != _LENGTH:
-                return  # hop-by-hop
-            self.has_length = True
-        head = self.head  # the line as relayed, in four pieces (appends build no tuple)
-        head.append(lower)
-        head.append(b": ")
-        head.append(value)
-        head.append(b"\r\n")
-
     def on_headers_complete(self) -> None:
+        self.in_head = False
         status = self.status = self.parser_status()
         http11 = self.http11 if not self.interim else self.parser.get_http_version() == "1.1"
         self.keep_alive = http11 and self.parser_keep_alive()
         # (never pool an HTTP/1.0 upstream connection)
         if status < 200:
             self.interim = True
-        head, self.head = self.head, []
-        chunked, self.chunked = self.chunked, False
-        has_length, self.has_length = self.has_length, False
+        # (An interim response's next message begins where its head ends: `raw_start`.)
+        self.raw_start, head, has_length, chunked = READ_HEADER_LINES(
+            self.raw, self.raw_start, LEFT_OUT
+        )
         client = self.client
         if client is None:
             return
