@@ -66,6 +66,7 @@ append_slice(PyObject *pieces, const char *raw, Py_ssize_t from, Py_ssize_t to)
 static PyObject *
 header_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    (void)module;
     if (nargs != 3 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
                         "header_lines(raw: bytes, start: int, cut: tuple[bytes, ...])");
@@ -164,7 +165,10 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "aerodrome.edge._heads", NULL, 0, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "aerodrome.edge._heads",
+    .m_size = 0,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC
