@@ -113,3 +113,27 @@ def test_the_last_transfer_encoding_says_whether_the_body_is_chunked(c: bool) ->
             False,
             chunked,
         )
+
+
+def test_the_c_reading_agrees_on_any_bytes() -> None:
+    """Whatever the bytes (the parser would refuse most of these), the C function returns
+    what the Python one does, or raises ValueError as it does: it never reads outside them."""
+    read = built()
+    pieces = st.sampled_from(
+        [b"\r\n", b"\n", b"\r", b":", b"HTTP/1.1 200 OK", b"Connection", b"te:"]
+    )
+    raws = st.lists(st.one_of(pieces, st.binary(max_size=8)), max_size=20).map(b"".join)
+
+    @given(raws, st.integers(min_value=0, max_value=60))
+    def agrees(raw: bytes, start: int) -> None:
+        try:
+            expected: object = header_lines(raw, start, LEFT_OUT)
+        except ValueError:
+            expected = ValueError
+        try:
+            got: object = read(raw, start, LEFT_OUT)
+        except ValueError:
+            got = ValueError
+        assert got == expected
+
+    agrees()
