@@ -19,13 +19,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from aerodrome.edge.tlsstream import TlsStream
-from aerodrome.edge.upstream import (
-    HIGH_WATER,
-    HOP_BY_HOP,
-    Splice,
-    Upstream,
-    UpstreamConnection,
-)
+from aerodrome.edge.upstream import HIGH_WATER, HOP_BY_HOP, Splice, Upstream, UpstreamConnection
 
 if TYPE_CHECKING:
     from aerodrome.edge.routes import Route, RouteTable
@@ -49,18 +43,6 @@ def header_table(
         table[lower] = entry
         table[b"-".join(word.capitalize() for word in lower.split(b"-"))] = entry
     return table
-
-
-def header_kind(
-    table: dict[bytes, tuple[int, bytes]], kinds: dict[bytes, int], name: bytes, default: int
-) -> tuple[int, bytes]:
-    """A header name's kind and lowercase form: from `table` (`header_table`) for the usual
-    spellings, else by lowering it and looking it up in `kinds`."""
-    entry = table.get(name)
-    if entry is not None:
-        return entry
-    lower = _lower(name)
-    return kinds.get(lower, default), lower
 
 
 # Headers the edge sets itself; copies from an untrusted client are dropped.
@@ -136,6 +118,18 @@ REQUEST_HEADERS: Final = header_table(
     ),
     _RELAY,
 )
+
+
+def request_header(name: bytes) -> tuple[int, bytes]:
+    """A request header name's kind and lowercase form: one look-up in `REQUEST_HEADERS` for
+    the usual spellings; any other is lowered and looked up in `SPECIAL_HEADERS`."""
+    entry = REQUEST_HEADERS.get(name)
+    if entry is not None:
+        return entry
+    lower = _lower(name)
+    return SPECIAL_HEADERS.get(lower, _RELAY), lower
+
+
 STATUS_LINES: Final = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 # The code an edge-made error's body gives: 404 -> b"not_found".
 ERROR_CODES: Final = {
@@ -420,7 +414,7 @@ class EdgeProtocol:
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.current
         assert ex is not None
-        kind, lower = header_kind(REQUEST_HEADERS, SPECIAL_HEADERS, name, _RELAY)
+        kind, lower = request_header(name)
         if kind == _RELAY or self._special_header(ex, kind, lower, value):
             # Relayed: the line as it goes upstream, in four pieces (appends build no tuple).
             head = ex.head
